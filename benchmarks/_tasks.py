@@ -1,0 +1,88 @@
+"""Importable task functions for the benchmarks.
+
+They live in one module, which does not import parmap, so that they pickle by
+reference under every start method and so that the peers can be measured even
+when parmap is not importable.  ``_ptasks`` holds the ``@parallel`` ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+#: Environment variable naming a directory where tasks leave marker files.
+#: It is set by the harness before a pool starts, so workers inherit it.
+MARKER_DIR_ENV = "PARMAP_BENCH_DIR"
+
+#: Index of the item that SIGKILLs its own worker in :func:`nap_or_die`.
+KILL_AT = 15
+
+#: Seconds one item of :func:`nap` sleeps.
+NAP_SECONDS = 0.02
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def burn(n: int) -> int:
+    """CPU-bound work proportional to ``n`` (no I/O, no allocation to speak of)."""
+    acc = 0
+    for i in range(n):
+        acc += i * i % 7
+    return acc
+
+
+def burn_many(n: int, count: int) -> None:
+    """What a hand-started process runs: ``count`` calls of ``burn(n)``."""
+    for _ in range(count):
+        burn(n)
+
+
+def nap(i: int) -> int:
+    time.sleep(NAP_SECONDS)
+    return i
+
+
+def nap_or_skip(i: int) -> int:
+    """The same map as :func:`nap_or_die` without the kill: ``KILL_AT`` returns at once."""
+    if i == KILL_AT:
+        return i
+    time.sleep(NAP_SECONDS)
+    return i
+
+
+def nap_or_die(i: int) -> int:
+    """Like :func:`nap`, but the item ``KILL_AT`` SIGKILLs its own process."""
+    if i == KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(NAP_SECONDS)
+    return i
+
+
+def _mark(name: str, text: str = "") -> None:
+    directory = os.environ[MARKER_DIR_ENV]
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, os.path.join(directory, name))
+
+
+def maybe_hang(i: int) -> int:
+    """Every third item (0, 3, 6, ...) records when it started and hangs.
+
+    The start time is ``time.monotonic()``; CLOCK_MONOTONIC is system-wide on
+    Linux, so the parent can compare it with its own clock.
+    """
+    if i % 3 == 0:
+        _mark(f"start-{i}", repr(time.monotonic()))
+        time.sleep(3600)
+    return i
+
+
+def sleep_marked(i: int) -> int:
+    """Leave a marker that item ``i`` runs, then sleep for a minute."""
+    _mark(f"started-{i}")
+    time.sleep(60)
+    return i

@@ -1,0 +1,226 @@
+"""Worker processes, each with its own pipe and its own beacon.
+
+Everything here is about processes and pipes; what to run where is the
+scheduler's business. One pipe per worker (not a shared queue) means killing
+a worker can never leave a lock held that the others need.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from .._options import PoolConfig
+from .._results import rebuild_error
+from .._scheduler import Beacon, Scheduler
+from .._worker import BATCH, INIT_FAILED, PROTOCOL, READY, worker_main
+from .base import Waitable
+
+#: How long an idle worker gets to exit after being told to stop.
+RETIRE_GRACE = 2.0
+#: How long we wait for the kernel to reap a SIGKILLed process.
+KILL_REAP_TIMEOUT = 10.0
+
+
+def stop_process(proc: BaseProcess, *, force: bool, grace: float = RETIRE_GRACE) -> int | None:
+    """Stop ``proc`` and reap it; return its exit code.
+
+    Without ``force`` the process gets ``grace`` seconds to exit on its own
+    (it was told to stop); then, or with ``force``, it is sent SIGKILL. Workers
+    ignore SIGTERM, so there is no middle step.
+    """
+    if not force:
+        proc.join(grace)
+    if proc.exitcode is None:
+        try:
+            proc.kill()
+        except (OSError, ValueError):
+            pass
+        proc.join(KILL_REAP_TIMEOUT)
+    code = proc.exitcode
+    try:
+        proc.close()
+    except ValueError:
+        pass  # still running after SIGKILL (uninterruptible sleep): leave it
+    return code
+
+
+@dataclass(slots=True)
+class _Proc:
+    process: BaseProcess
+    conn: Connection
+    sentinel: int
+    beacon: Any
+    view: memoryview
+    eof: bool = False
+
+
+class ProcessBackend:
+    """Starts, feeds, watches and stops worker processes."""
+
+    can_kill = True
+
+    def __init__(self, config: PoolConfig, *, preload: Callable[..., Any] | None = None) -> None:
+        self._config = config
+        self._ctx: BaseContext = multiprocessing.get_context(config.start_method)
+        self.start_method: str = self._ctx.get_start_method()
+        self.preload = preload if self.start_method == "fork" else None
+        self._procs: dict[int, _Proc] = {}
+        self._by_waitable: dict[Waitable, int] = {}
+        self.on_discard: Callable[[list[Waitable]], None] = lambda waitables: None
+
+    # ------------------------------------------------------------- lifecycle
+    def encode(self, message: object) -> bytes:
+        """Pickle a chunk message for the pipe."""
+        return pickle.dumps(message, PROTOCOL)
+
+    def spawn(self, wid: int) -> None:
+        """Start worker ``wid``."""
+        ctx = self._ctx
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        beacon = ctx.RawArray("d", 2)
+        view = memoryview(beacon).cast("B").cast("d")
+        view[0] = -1.0
+        forked = self.start_method == "fork"
+        cfg = self._config
+        proc = ctx.Process(  # type: ignore[attr-defined]
+            target=worker_main,
+            args=(
+                child_conn,
+                beacon,
+                cfg.ignore_signals,
+                cfg.initializer,
+                cfg.initargs,
+                self.preload,
+                parent_conn if forked else None,
+            ),
+            name=f"parmap-worker-{wid}",
+        )
+        try:
+            proc.start()
+        finally:
+            child_conn.close()
+        entry = _Proc(proc, parent_conn, proc.sentinel, beacon, view)
+        self._procs[wid] = entry
+        self._by_waitable[parent_conn] = wid
+        self._by_waitable[entry.sentinel] = wid
+
+    def send(self, wid: int, payload: bytes) -> None:
+        """Send a chunk; a dead worker is noticed through its sentinel instead."""
+        entry = self._procs.get(wid)
+        if entry is None:
+            return
+        try:
+            entry.conn.send_bytes(payload)
+        except OSError:
+            pass
+
+    def kill(self, wid: int) -> None:
+        """Kill worker ``wid`` and reap it."""
+        entry = self._discard(wid, tell=False)
+        if entry is not None:
+            stop_process(entry.process, force=True)
+
+    def retire(self, wid: int) -> None:
+        """Ask idle worker ``wid`` to exit, and reap it."""
+        entry = self._discard(wid, tell=True)
+        if entry is not None:
+            stop_process(entry.process, force=False)
+
+    def _discard(self, wid: int, *, tell: bool) -> _Proc | None:
+        entry = self._procs.pop(wid, None)
+        if entry is None:
+            return None
+        gone = [w for w in (entry.conn, entry.sentinel) if w in self._by_waitable]
+        for w in gone:
+            del self._by_waitable[w]
+        self.on_discard(gone)
+        if tell:
+            try:
+                entry.conn.send_bytes(b"")  # "stop"; only idle workers are told
+            except OSError:
+                pass
+        entry.conn.close()
+        return entry
+
+    def close(self) -> None:
+        """Stop every worker (the scheduler already retired or killed them)."""
+        for wid in list(self._procs):
+            self.kill(wid)
+
+    # --------------------------------------------------------------- reading
+    def waitables(self) -> list[Waitable]:
+        """Pipes and sentinels to watch."""
+        return list(self._by_waitable)
+
+    def beacon(self, wid: int) -> Beacon:
+        """Read worker ``wid``'s beacon (see ``_scheduler.Beacon``)."""
+        entry = self._procs.get(wid)
+        if entry is None:
+            return None
+        view = entry.view
+        t1 = view[0]
+        started = int(view[1])
+        t2 = view[0]
+        if t1 != t2:
+            return None
+        return (started, t1 if t1 >= 0 else None)
+
+    def handle(self, waitable: Waitable, sched: Scheduler, now: float) -> None:
+        """Process what became ready on ``waitable``."""
+        wid = self._by_waitable.get(waitable)
+        if wid is None:
+            return
+        entry = self._procs[wid]
+        if waitable is entry.conn:
+            self._read(wid, entry, sched, now)
+            return
+        # The process exited: read what it sent before dying, then report.
+        while not entry.eof and wid in self._procs and entry.conn.poll():
+            self._read(wid, entry, sched, now)
+        if wid in self._procs:
+            entry.process.join(KILL_REAP_TIMEOUT)
+            sched.on_exit(wid, entry.process.exitcode, now)
+
+    def _read(self, wid: int, entry: _Proc, sched: Scheduler, now: float) -> None:
+        try:
+            data = entry.conn.recv_bytes()
+        except (EOFError, OSError):
+            # The worker closed its end: it is exiting. Stop watching the pipe
+            # (it would stay readable) and let the sentinel report the exit.
+            entry.eof = True
+            if entry.conn in self._by_waitable:
+                del self._by_waitable[entry.conn]
+                self.on_discard([entry.conn])
+            return
+        message = pickle.loads(data)
+        tag = message[0]
+        if tag == BATCH:
+            _, values, raw_errors, pickled, busy = message
+            errors: dict[int, BaseException] | None = None
+            if raw_errors:
+                errors = {pos: rebuild_error(payload) for pos, payload in raw_errors.items()}
+            if pickled:
+                for pos in pickled:
+                    try:
+                        values[pos] = pickle.loads(values[pos])
+                    except Exception as exc:
+                        values[pos] = None
+                        errors = errors or {}
+                        error = pickle.UnpicklingError(
+                            f"the result could not be unpickled in the parent "
+                            f"({type(exc).__name__}: {exc})"
+                        )
+                        error.__cause__ = exc
+                        errors[pos] = error
+            sched.on_batch(wid, values, errors, busy, now)
+        elif tag == READY:
+            sched.on_ready(wid)
+        elif tag == INIT_FAILED:
+            sched.on_init_failed(wid, rebuild_error(message[1]))

@@ -1,0 +1,298 @@
+"""A pool's machinery: its scheduler, its backend, and the commands between them.
+
+The engine is where the I/O-free scheduler meets the real world. It carries
+out the scheduler's commands on the backend and runs one step of the event
+loop in either of two ways:
+
+* synchronously (``pump``), waiting with ``multiprocessing.connection.wait``
+  on the backend's pipes and sentinels, the nearest deadline as timeout;
+* on an asyncio loop (``attach``), with ``loop.add_reader`` on the same file
+  descriptors and ``loop.call_later`` for deadlines, so no helper thread.
+
+Threads may share a pool: one thread at a time takes the *turn* to pump, and a
+thread waiting for the turn wakes the pumping one through a self-pipe. A pool
+serves either synchronous callers or one event loop at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import wait as mp_wait
+from typing import Any
+
+from ._backends.base import Backend, Waitable
+from ._options import PoolConfig
+from ._scheduler import Job, Kill, Retire, Scheduler, Send, Spawn
+from ._worker import PROTOCOL
+
+_live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for engine in list(_live_engines):
+        engine.close()
+
+
+def _fd(waitable: Waitable) -> int:
+    return waitable if isinstance(waitable, int) else waitable.fileno()
+
+
+class PoolInUseError(RuntimeError):
+    """A pool was asked to serve two masters (an event loop and threads)."""
+
+
+class Engine:
+    """The scheduler and backend of one pool, and the drivers' common ground."""
+
+    def __init__(self, config: PoolConfig, *, preload: Callable[..., Any] | None = None) -> None:
+        from ._backends import make_backend
+
+        self.config = config
+        self.pid = os.getpid()
+        self.backend: Backend = make_backend(config, preload=preload)
+        # The backend says whether workers really have it (only under fork).
+        self.preload = self.backend.preload
+        self.sched = Scheduler(
+            config.resolved_workers,
+            encode=self.backend.encode,
+            beacon=self.backend.beacon,
+            max_tasks_per_worker=config.max_tasks_per_worker,
+        )
+        self.backend.on_discard = self._on_discard
+        self.closed = False
+        # Sync turn-taking.
+        self._turn = threading.Lock()
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        # Async attachment.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._async_users = 0
+        self._registered: dict[Waitable, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._watchers: dict[Job, asyncio.Event] = {}
+        _live_engines.add(self)
+
+    # -------------------------------------------------------------- commands
+    def execute(self) -> None:
+        """Carry out what the scheduler asked for."""
+        sched, backend = self.sched, self.backend
+        while commands := sched.take_commands():
+            for cmd in commands:
+                if isinstance(cmd, Send):
+                    backend.send(cmd.wid, cmd.payload)
+                elif isinstance(cmd, Spawn):
+                    try:
+                        backend.spawn(cmd.wid)
+                    except Exception as exc:
+                        sched.on_spawn_failed(cmd.wid, exc)
+                elif isinstance(cmd, Kill):
+                    backend.kill(cmd.wid)
+                elif isinstance(cmd, Retire):
+                    backend.retire(cmd.wid)
+        if self.loop is not None:
+            self._sync_readers()
+            self._schedule_timer()
+
+    def check_open(self) -> None:
+        """Raise if this pool cannot take new maps."""
+        if self.closed:
+            raise RuntimeError("this pool is closed")
+
+    def finish(self, job: Job, *, cancel: bool) -> None:
+        """The consumer of ``job`` is done with it; with ``cancel``, stop its work."""
+        if cancel and not job.done:
+            self.sched.cancel(job)
+        else:
+            self.sched.remove(job)
+        if not self.closed:
+            self.execute()
+
+    def close(self) -> None:
+        """Stop every worker; running maps fail with ``RuntimeError``."""
+        if self.closed or os.getpid() != self.pid:
+            return
+        self.closed = True
+        self.sched.close()
+        self.execute()
+        self.backend.close()
+        self._notify()
+        self._detach_all()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _live_engines.discard(self)
+
+    # ------------------------------------------------------------- sync side
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Hold the right to pump this pool from the current thread."""
+        if self.loop is not None:
+            raise PoolInUseError(
+                "this pool is serving an asyncio event loop; a blocking map cannot use it "
+                "at the same time (use a separate Pool)"
+            )
+        if not self._turn.acquire(blocking=False):
+            with self._waiting_lock:
+                self._waiting += 1
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+            try:
+                self._turn.acquire()
+            finally:
+                with self._waiting_lock:
+                    self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._turn.release()
+            if self._waiting:
+                # Python locks are not fair: step aside so a waiting thread
+                # gets the turn rather than us taking it straight back.
+                time.sleep(0.0005)
+
+    def pump(self) -> None:
+        """Wait for the next event or deadline and process it (sync drivers)."""
+        sched = self.sched
+        deadline = sched.next_deadline()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        waitables: list[Any] = self.backend.waitables()
+        if not waitables and timeout is None:
+            timeout = 0.05  # nothing to watch (all workers being replaced)
+        waitables.append(self._wake_r)
+        ready = mp_wait(waitables, timeout)
+        now = time.monotonic()
+        for waitable in ready:
+            if waitable == self._wake_r:
+                self._drain_wakeups()
+                continue
+            self.backend.handle(waitable, sched, now)
+            self.execute()
+        if deadline is not None and now >= deadline:
+            sched.on_time(now)
+        self.execute()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------ async side
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve ``loop``: watch the backend's descriptors on it."""
+        if self.loop is None:
+            if self._turn.locked():
+                raise PoolInUseError(
+                    "this pool is running a blocking map in another thread; an async map "
+                    "cannot use it at the same time (use a separate Pool)"
+                )
+            self.loop = loop
+            self._sync_readers()
+            self._schedule_timer()
+        elif self.loop is not loop:
+            raise PoolInUseError("this pool is already serving another event loop")
+        self._async_users += 1
+
+    def detach(self) -> None:
+        """One async map is done with the loop."""
+        self._async_users -= 1
+        if self._async_users <= 0:
+            self._detach_all()
+
+    def _detach_all(self) -> None:
+        loop = self.loop
+        if loop is None:
+            return
+        for fd in self._registered.values():
+            loop.remove_reader(fd)
+        self._registered.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+        self._async_users = 0
+        self.loop = None
+
+    def watch(self, job: Job) -> asyncio.Event:
+        """An event set whenever ``job`` may have progressed."""
+        event = self._watchers[job] = asyncio.Event()
+        return event
+
+    def unwatch(self, job: Job) -> None:
+        """Stop notifying about ``job``."""
+        self._watchers.pop(job, None)
+
+    def _on_discard(self, waitables: list[Waitable]) -> None:
+        if self.loop is None:
+            return
+        for waitable in waitables:
+            fd = self._registered.pop(waitable, None)
+            if fd is not None:
+                self.loop.remove_reader(fd)
+
+    def _sync_readers(self) -> None:
+        loop = self.loop
+        assert loop is not None
+        current = set(self.backend.waitables())
+        for waitable in [w for w in self._registered if w not in current]:
+            loop.remove_reader(self._registered.pop(waitable))
+        for waitable in current:
+            if waitable not in self._registered:
+                fd = _fd(waitable)
+                self._registered[waitable] = fd
+                loop.add_reader(fd, self._on_readable, waitable)
+
+    def _schedule_timer(self) -> None:
+        loop = self.loop
+        assert loop is not None
+        deadline = self.sched.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
+
+    def _on_readable(self, waitable: Waitable) -> None:
+        self._guarded(lambda now: self.backend.handle(waitable, self.sched, now))
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self._guarded(self.sched.on_time)
+
+    def _guarded(self, step: Callable[[float], None]) -> None:
+        # An exception escaping a loop callback would only be logged, leaving
+        # every awaiting map hanging: fail them with it instead.
+        try:
+            step(time.monotonic())
+            self.execute()
+        except BaseException as exc:
+            for job in list(self._watchers):
+                self.sched.input_failed(job, exc)
+            self._notify()
+            raise
+        self._notify()
+
+    def _notify(self) -> None:
+        want = self.sched.want
+        for job, event in self._watchers.items():
+            if job.ready or job.finished or want(job) > 0:
+                event.set()

@@ -1,0 +1,33 @@
+"""Sending the mapped function to workers."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+from ._worker import PROTOCOL
+
+
+def dump_function(fn: Callable[..., Any], start_method: str | None) -> bytes:
+    """Pickle ``fn`` for a worker, by reference where possible.
+
+    Lambdas, closures and notebook functions cannot be pickled by reference;
+    ``cloudpickle`` sends them by value when it is installed.
+    """
+    try:
+        return pickle.dumps(fn, PROTOCOL)
+    except Exception as exc:
+        try:
+            import cloudpickle  # type: ignore[import-untyped, unused-ignore]
+        except ImportError:
+            name = getattr(fn, "__qualname__", None) or repr(fn)
+            how = f"worker processes ({start_method!r} start method)" if start_method else "workers"
+            raise TypeError(
+                f"cannot send function {name} to {how}: it cannot be pickled "
+                f"({type(exc).__name__}: {exc}). Define it at module level, install "
+                "cloudpickle (pip install 'parmap[cloudpickle]'), or, on Linux, call the "
+                "module-level pmap/imap or a @parallel function with start_method='fork'"
+            ) from exc
+        data: bytes = cloudpickle.dumps(fn, protocol=PROTOCOL)
+        return data

@@ -1,0 +1,243 @@
+"""What a map hands back: per-item outcomes, the ordered result, the errors.
+
+Exceptions raised in a worker travel back as data (see ``_worker.encode_error``)
+and are rebuilt here: the original type where it can be unpickled, with the
+remote traceback attached as ``__cause__`` (as ``concurrent.futures`` does) and
+the input index added as a note.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, overload
+
+T = TypeVar("T")
+
+__all__ = [
+    "MapResult",
+    "Outcome",
+    "RemoteError",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+]
+
+
+class TaskTimeoutError(TimeoutError):
+    """An item ran longer than ``timeout`` seconds; its worker was killed."""
+
+    def __init__(self, index: int, timeout: float) -> None:
+        super().__init__(f"item {index} did not finish within {timeout:g} s; its worker was killed")
+        self.index = index
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.index, self.timeout))
+
+
+class WorkerCrashedError(RuntimeError):
+    """The worker running an item died (segfault, ``os._exit``, killed by the OS).
+
+    ``exitcode`` follows ``multiprocessing``: a negative number is the signal
+    that killed the process, also available as ``signal``.
+    """
+
+    def __init__(self, index: int, exitcode: int | None) -> None:
+        self.index = index
+        self.exitcode = exitcode
+        super().__init__(f"the worker running item {index} died ({describe_exit(exitcode)})")
+
+    @property
+    def signal(self) -> signal.Signals | None:
+        """The signal that killed the worker, or ``None`` if it exited."""
+        if self.exitcode is not None and self.exitcode < 0:
+            try:
+                return signal.Signals(-self.exitcode)
+            except ValueError:
+                return None
+        return None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.index, self.exitcode))
+
+
+class RemoteError(Exception):
+    """An exception from a worker that could not be rebuilt in the parent.
+
+    Used when the exception cannot be pickled or unpickled, and for
+    ``BaseException`` subclasses such as ``SystemExit`` or
+    ``KeyboardInterrupt`` raised by a task, which must not stop the parent.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type_name, self.message, self.traceback))
+
+
+class _RemoteTraceback(Exception):
+    """Carries the worker's traceback text; shown as the cause of the error."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Say how a process ended, e.g. ``killed by SIGSEGV`` or ``exit code 3``."""
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+ErrorPayload = tuple[bytes | None, str, str, str]
+"""An exception as it crosses the pipe: pickled form or None, type, message, traceback."""
+
+
+def rebuild_error(payload: ErrorPayload) -> BaseException:
+    """Turn an error payload from a worker back into an exception."""
+    data, type_name, message, tb_text = payload
+    exc: BaseException | None = None
+    if data is not None:
+        try:
+            loaded = pickle.loads(data)
+        except Exception:
+            loaded = None
+        if isinstance(loaded, Exception):
+            exc = loaded
+    if exc is None:
+        exc = RemoteError(type_name, message, tb_text)
+    if tb_text:
+        exc.__cause__ = _RemoteTraceback(tb_text)
+    return exc
+
+
+def mark_index(exc: BaseException, index: int) -> BaseException:
+    """Record on ``exc`` which input it came from (once)."""
+    note = f"parmap: raised for input index {index}"
+    notes = getattr(exc, "__notes__", ())
+    if note not in notes:
+        exc.add_note(note)
+    return exc
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """The outcome of one input: its ``index`` and either a ``value`` or an ``error``."""
+
+    index: int
+    value: T | None = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the item produced a value."""
+        return self.error is None
+
+    def unwrap(self) -> T:
+        """Return the value, or raise the captured exception."""
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+class MapResult(Sequence[T]):
+    """The result of a map: one slot per input, in input order.
+
+    ``res[i]`` returns the value of slot ``i`` or raises its captured
+    exception. ``values`` has ``None`` in failed slots, ``errors`` maps input
+    index to exception, ``ok`` is true when nothing failed, and ``unwrap()``
+    returns every value or raises an ``ExceptionGroup`` of all failures.
+    """
+
+    __slots__ = ("_errors", "_values")
+
+    def __init__(self, values: list[T | None], errors: dict[int, BaseException]) -> None:
+        self._values = values
+        self._errors = errors
+
+    @classmethod
+    def from_outcomes(cls, outcomes: Sequence[Outcome[T]]) -> MapResult[T]:
+        """Build a result from outcomes whose indexes are ``0 .. len-1``."""
+        values: list[T | None] = [None] * len(outcomes)
+        errors: dict[int, BaseException] = {}
+        for out in outcomes:
+            if out.error is None:
+                values[out.index] = out.value
+            else:
+                errors[out.index] = out.error
+        return cls(values, dict(sorted(errors.items())))
+
+    @property
+    def values(self) -> list[T | None]:
+        """The values in input order, ``None`` where the item failed."""
+        return list(self._values)
+
+    @property
+    def errors(self) -> dict[int, BaseException]:
+        """Captured exceptions by input index, in index order."""
+        return dict(self._errors)
+
+    @property
+    def ok(self) -> bool:
+        """True when every item succeeded."""
+        return not self._errors
+
+    def unwrap(self) -> list[T]:
+        """Return all values, or raise an ``ExceptionGroup`` of every failure."""
+        if self._errors:
+            failures = [_as_exception(e) for e in self._errors.values()]
+            raise ExceptionGroup(
+                f"{len(failures)} of {len(self._values)} items failed", failures
+            )
+        return list(self._values)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._values)))]
+        if index < 0:
+            index += len(self._values)
+        if not 0 <= index < len(self._values):
+            raise IndexError("MapResult index out of range")
+        error = self._errors.get(index)
+        if error is not None:
+            raise error
+        return self._values[index]  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[T]:
+        for i in range(len(self._values)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"<MapResult: {len(self._values)} items, {len(self._errors)} failed>"
+
+
+def _as_exception(error: BaseException) -> Exception:
+    # ExceptionGroup only holds Exception instances; workers already turn
+    # other BaseExceptions into RemoteError, so this is a safety net.
+    if isinstance(error, Exception):
+        return error
+    return RemoteError(type(error).__name__, str(error), "")

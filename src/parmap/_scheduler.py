@@ -1,0 +1,656 @@
+"""The I/O-free core of a pool: who runs what, deadlines, retries, ordering.
+
+Theory of operation
+-------------------
+A ``Scheduler`` owns the state of one pool: its worker slots and the jobs
+(maps) running on it. It never touches a pipe, a process or a clock. Drivers
+call its event methods with the current monotonic time, and then carry out the
+commands it queued (``Spawn``, ``Send``, ``Kill``, ``Retire``):
+
+=====================  ==================================================
+event                  what the scheduler does
+=====================  ==================================================
+``add_job`` / ``feed`` inputs join the job's pending runs; idle workers
+                       are sent chunks.
+``on_ready``           a worker finished starting (its initializer ran).
+``on_batch``           outcomes of the worker's current chunk, in order;
+                       failures are retried or recorded; a finished chunk
+                       frees the worker for the next one.
+``on_exit``            a worker died: the item it was running fails with
+                       ``WorkerCrashedError``; the rest of its chunk is
+                       pending again; a replacement is spawned.
+``on_time``            deadlines passed: the worker is killed, the item
+                       fails with ``TaskTimeoutError``, the rest of its
+                       chunk is pending again; a replacement is spawned.
+``cancel``             the consumer went away: the job's workers are
+                       killed and replaced; its pending inputs dropped.
+=====================  ==================================================
+
+Work moves in *runs* (contiguous inputs) and *chunks* (the slice of a run sent
+to one worker), not item by item, so that a map of millions of tiny items costs
+the parent a few list slices per chunk rather than objects per item. A worker
+runs one chunk at a time and sends outcomes back in order, batched over a few
+milliseconds. Which item inside a chunk is running, and since when, comes from
+the worker's *beacon* (a few shared numbers the driver reads for us): that is
+what makes per-item deadlines and crash blame exact even though outcomes are
+batched.
+
+Outcomes leave as *segments* ``(start, values, errors)`` covering contiguous
+input indexes; each input index is covered by exactly one segment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pickle import PicklingError
+from typing import Any
+
+from ._options import MapConfig
+from ._results import TaskTimeoutError, WorkerCrashedError, mark_index
+
+#: Aim for chunks that keep a worker busy this long: long enough to make the
+#: round trip negligible, short enough to keep the tail of a map balanced.
+TARGET_CHUNK_SECONDS = 0.02
+#: Cap on what one chunk's pickled arguments may weigh.
+MAX_CHUNK_BYTES = 4 << 20
+MAX_CHUNK_ITEMS = 100_000
+#: Consecutive workers that may die before reporting ready before the pool
+#: is declared broken (rather than respawning forever).
+MAX_STARTUP_FAILURES = 3
+
+Beacon = tuple[int, float | None] | None
+"""What a worker's beacon says: items started since birth, and the start time
+of the item running now (``None`` between items). ``None`` as a whole means
+the reading was torn and should be retried later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    """Start worker ``wid``."""
+
+    wid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send an encoded chunk to worker ``wid``."""
+
+    wid: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """Kill worker ``wid`` now (it is running something we gave up on)."""
+
+    wid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retire:
+    """Stop idle worker ``wid`` gracefully."""
+
+    wid: int
+
+
+Command = Spawn | Send | Kill | Retire
+Segment = tuple[int, list[Any], dict[int, BaseException] | None]
+
+
+@dataclass(slots=True)
+class Run:
+    """Contiguous inputs waiting for a worker: ``args[offset:]`` start at ``start``."""
+
+    start: int
+    args: list[Any]
+    attempt: int = 0
+    solo: bool = False
+    offset: int = 0
+
+    def __len__(self) -> int:
+        return len(self.args) - self.offset
+
+
+@dataclass(slots=True)
+class Chunk:
+    """What a worker was sent: inputs ``start .. start+len(args)-1`` of ``job``."""
+
+    job: Job
+    start: int
+    args: list[Any]
+    attempt: int
+    done: int = 0
+
+
+@dataclass(slots=True)
+class Slot:
+    """The scheduler's view of one worker."""
+
+    wid: int
+    ready: bool = False
+    chunk: Chunk | None = None
+    reported: int = 0  # items this worker reported since it started
+    since: float = 0.0  # earliest time the running item can have started
+    sent_jobs: set[int] = field(default_factory=set)
+
+
+class Job:
+    """The state of one map on the pool."""
+
+    def __init__(
+        self,
+        jid: int,
+        config: MapConfig,
+        *,
+        fn_payload: bytes | None,
+        star: bool,
+        ordered: bool,
+        total: int | None = None,
+        fn_key: object = None,
+    ) -> None:
+        self.id = jid
+        self.config = config
+        self.fn_payload = fn_payload
+        self.fn_key = fn_key
+        self.star = star
+        self.ordered = ordered
+        self.total = total
+        self.pending: deque[Run] = deque()
+        self.pulled = 0
+        self.exhausted = False
+        self.running = 0
+        self.consumed = 0
+        self.completed = 0
+        self.failures = 0
+        self.ready: deque[Segment] = deque()
+        self._held: dict[int, Segment] = {}
+        self._next_emit = 0
+        self.error: BaseException | None = None
+        self.closed = False
+        self.item_time: float | None = None
+        self.item_bytes: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        """No more outcomes will be produced (the ready queue may still hold some)."""
+        return self.closed or (self.exhausted and not self.pending and self.running == 0)
+
+    @property
+    def done(self) -> bool:
+        """Finished, and the consumer has taken everything."""
+        return self.finished and not self.ready
+
+    def take(self) -> Segment | None:
+        """Hand the next segment of outcomes to the consumer."""
+        if not self.ready:
+            return None
+        seg = self.ready.popleft()
+        self.consumed += len(seg[1])
+        return seg
+
+    def _emit(self, start: int, values: list[Any], errors: dict[int, BaseException] | None) -> None:
+        n = len(values)
+        if not n:
+            return
+        self.completed += n
+        seg: Segment = (start, values, errors)
+        if not self.ordered:
+            self.ready.append(seg)
+            return
+        if start != self._next_emit:
+            self._held[start] = seg
+            return
+        self.ready.append(seg)
+        self._next_emit += n
+        while self._next_emit in self._held:
+            seg = self._held.pop(self._next_emit)
+            self.ready.append(seg)
+            self._next_emit += len(seg[1])
+
+    def _emit_error(self, index: int, error: BaseException) -> None:
+        self.failures += 1
+        self._emit(index, [None], {index: error})
+
+
+class Scheduler:
+    """The state of a pool's workers and maps, driven by events.
+
+    ``workers`` is the pool size; ``encode`` turns a chunk message into bytes
+    (it may raise for unpicklable arguments); ``beacon(wid)`` reads what a
+    worker is running (see ``Beacon``).
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        *,
+        encode: Callable[[object], bytes],
+        beacon: Callable[[int], Beacon],
+        max_tasks_per_worker: int | None = None,
+    ) -> None:
+        self.workers = workers
+        self._encode = encode
+        self._beacon = beacon
+        self._max_tasks = max_tasks_per_worker
+        self.slots: dict[int, Slot] = {}
+        self._tasks: dict[int, int] = {}  # wid -> items run, for max_tasks_per_worker
+        self.jobs: list[Job] = []
+        self._commands: list[Command] = []
+        self._next_wid = 0
+        self._next_jid = 0
+        self._rr = 0
+        self._startup_failures = 0
+        self._item_times: dict[object, float] = {}
+        self.closing = False
+        self.broken: BaseException | None = None
+
+    # ----------------------------------------------------------------- helpers
+    def take_commands(self) -> list[Command]:
+        """Return and forget the commands queued since the last call."""
+        commands, self._commands = self._commands, []
+        return commands
+
+    def new_job(self, config: MapConfig, **kwargs: Any) -> Job:
+        """Create a job and schedule it."""
+        job = Job(self._next_jid, config, **kwargs)
+        self._next_jid += 1
+        if self.broken is not None:
+            job.error = self.broken
+            job.closed = True
+            return job
+        job.item_time = self._item_times.get(job.fn_key)
+        self.jobs.append(job)
+        self._fill()
+        return job
+
+    def _fill(self) -> None:
+        while len(self.slots) < self.workers and not self.closing and self.broken is None:
+            wid = self._next_wid
+            self._next_wid += 1
+            self.slots[wid] = Slot(wid)
+            self._tasks[wid] = 0
+            self._commands.append(Spawn(wid))
+
+    def _remove_slot(self, slot: Slot, command: Command) -> Chunk | None:
+        del self.slots[slot.wid]
+        self._tasks.pop(slot.wid, None)
+        self._commands.append(command)
+        chunk, slot.chunk = slot.chunk, None
+        if chunk is not None:
+            chunk.job.running -= len(chunk.args) - chunk.done
+        self._fill()
+        return chunk
+
+    def _requeue(self, chunk: Chunk, start: int, stop: int, *, solo: bool = False) -> None:
+        """Put ``chunk.args[start:stop]`` back at the front of its job's queue."""
+        job = chunk.job
+        if start >= stop or job.closed:
+            return
+        job.pending.appendleft(
+            Run(chunk.start + start, chunk.args[start:stop], chunk.attempt, solo or chunk.attempt > 0)
+        )
+
+    def _should_retry(self, job: Job, attempt: int, error: BaseException, *, task_raised: bool) -> bool:
+        config = job.config
+        if attempt >= config.retries:
+            return False
+        if task_raised:
+            return isinstance(error, config.retry_on)
+        # Timeouts and crashes are retried only when retry_on names them (or a
+        # parent of them more specific than Exception), as documented.
+        return any(
+            isinstance(error, t) and t not in (Exception, BaseException) for t in config.retry_on
+        )
+
+    def _fail(
+        self, job: Job, index: int, attempt: int, args: Any, error: BaseException, *, task_raised: bool
+    ) -> None:
+        """Record that input ``index`` failed, retrying it when allowed."""
+        mark_index(error, index)
+        if job.closed:
+            return
+        if self._should_retry(job, attempt, error, task_raised=task_raised):
+            job.pending.appendleft(Run(index, [args], attempt + 1, solo=True))
+            return
+        if job.config.on_error == "raise":
+            job.failures += 1
+            self._abort(job, error)
+        else:
+            job._emit_error(index, error)
+
+    def _abort(self, job: Job, error: BaseException | None) -> None:
+        """Stop a job: drop what is pending and kill the workers running it."""
+        if job.closed:
+            return
+        job.error = error
+        job.closed = True
+        job.pending.clear()
+        job._held.clear()
+        for slot in list(self.slots.values()):
+            if slot.chunk is not None and slot.chunk.job is job:
+                self._remove_slot(slot, Kill(slot.wid))
+
+    # ------------------------------------------------------------------ inputs
+    def want(self, job: Job) -> int:
+        """How many more inputs ``job`` should pull now (bounded by its buffer)."""
+        if job.closed or job.exhausted:
+            return 0
+        window = job.config.buffer
+        if window is None:
+            window = max(4, 2 * self.workers * self._chunksize(job, cap_by_total=False))
+        return max(0, window - (job.pulled - job.consumed))
+
+    def feed(self, job: Job, args: list[Any], now: float) -> None:
+        """Add inputs (in order) to ``job``."""
+        if job.closed or not args:
+            return
+        job.pending.append(Run(job.pulled, args))
+        job.pulled += len(args)
+        self._dispatch(now)
+
+    def end_input(self, job: Job) -> None:
+        """The job's input is exhausted."""
+        job.exhausted = True
+
+    def input_failed(self, job: Job, error: BaseException) -> None:
+        """Reading the job's input raised: the job stops with that error."""
+        self._abort(job, error)
+
+    def cancel(self, job: Job) -> None:
+        """The consumer is gone: kill the job's work and forget it."""
+        self._abort(job, job.error)
+        self.remove(job)
+
+    def remove(self, job: Job) -> None:
+        """Forget a finished job."""
+        if job in self.jobs:
+            self.jobs.remove(job)
+
+    # ---------------------------------------------------------------- dispatch
+    def _chunksize(self, job: Job, *, cap_by_total: bool = True) -> int:
+        if job.config.chunksize is not None:
+            return job.config.chunksize
+        if job.item_time is None:
+            return 1
+        size = TARGET_CHUNK_SECONDS / max(job.item_time, 1e-9)
+        if job.item_bytes:
+            size = min(size, MAX_CHUNK_BYTES / job.item_bytes)
+        if cap_by_total and job.total is not None:
+            # Fast items: one round per worker is best; never more than an
+            # even share, so that no worker idles while another has a backlog.
+            size = min(size, math.ceil(job.total / self.workers))
+        return max(1, min(int(size), MAX_CHUNK_ITEMS))
+
+    def _next_job(self) -> Job | None:
+        jobs = self.jobs
+        for i in range(len(jobs)):
+            job = jobs[(self._rr + i) % len(jobs)]
+            if job.pending and not job.closed:
+                self._rr = (self._rr + i + 1) % len(jobs)
+                return job
+        return None
+
+    def _dispatch(self, now: float) -> None:
+        for slot in list(self.slots.values()):
+            if slot.chunk is not None or slot.wid not in self.slots:
+                continue
+            job = self._next_job()
+            if job is None:
+                return
+            self._send_chunk(slot, job, now)
+
+    def _send_chunk(self, slot: Slot, job: Job, now: float) -> None:
+        run = job.pending[0]
+        size = 1 if run.solo else self._chunksize(job)
+        if self._max_tasks is not None:
+            size = min(size, max(1, self._max_tasks - self._tasks[slot.wid]))
+        size = min(size, len(run))
+        args = run.args[run.offset : run.offset + size]
+        start = run.start + run.offset
+        run.offset += size
+        if not len(run):
+            job.pending.popleft()
+        first = job.id not in slot.sent_jobs
+        fn = job.fn_payload if first else None
+        try:
+            payload = self._encode((job.id, fn, job.star, args))
+        except Exception:
+            self._isolate_unpicklable(job, start, args, run.attempt)
+            self._dispatch(now)
+            return
+        per_item = len(payload) / size
+        job.item_bytes = per_item if job.item_bytes is None else max(job.item_bytes, per_item)
+        slot.sent_jobs.add(job.id)
+        slot.chunk = Chunk(job, start, args, run.attempt)
+        slot.since = now
+        job.running += size
+        self._commands.append(Send(slot.wid, payload))
+
+    def _isolate_unpicklable(self, job: Job, start: int, args: list[Any], attempt: int) -> None:
+        """A chunk failed to pickle: fail the items that cannot, requeue the rest."""
+        good: list[Run] = []
+        for offset, arg in enumerate(args):
+            try:
+                self._encode((job.id, None, job.star, [arg]))
+            except Exception as exc:
+                error = PicklingError(
+                    f"cannot send input {start + offset} to a worker: its arguments "
+                    f"could not be pickled ({type(exc).__name__}: {exc})"
+                )
+                error.__cause__ = exc
+                self._fail(job, start + offset, attempt, arg, error, task_raised=False)
+            else:
+                good.append(Run(start + offset, [arg], attempt, solo=True))
+        job.pending.extendleft(reversed(good))
+
+    # ------------------------------------------------------------------ events
+    def on_ready(self, wid: int) -> None:
+        """Worker ``wid`` started and ran its initializer."""
+        slot = self.slots.get(wid)
+        if slot is not None:
+            slot.ready = True
+            self._startup_failures = 0
+
+    def on_init_failed(self, wid: int, error: BaseException) -> None:
+        """A worker's initializer raised: the pool cannot run anything."""
+        error.add_note("parmap: raised by the worker initializer; the pool is unusable")
+        self._break(error)
+
+    def on_spawn_failed(self, wid: int, error: BaseException) -> None:
+        """Starting a worker raised in the parent: the pool cannot run anything."""
+        slot = self.slots.pop(wid, None)
+        self._tasks.pop(wid, None)
+        if slot is not None:
+            self._break(error)
+
+    def _break(self, error: BaseException) -> None:
+        self.broken = error
+        for job in list(self.jobs):
+            self._abort(job, error)
+        for slot in list(self.slots.values()):
+            self._remove_slot(slot, Kill(slot.wid))
+
+    def on_batch(
+        self,
+        wid: int,
+        values: list[Any],
+        errors: dict[int, BaseException] | None,
+        busy: float,
+        now: float,
+    ) -> None:
+        """Worker ``wid`` reports the next ``len(values)`` outcomes of its chunk.
+
+        ``errors`` maps positions in ``values`` to the exception of that item;
+        ``busy`` is the time the worker spent running these items.
+        """
+        slot = self.slots.get(wid)
+        if slot is None or slot.chunk is None or not values:
+            return
+        chunk = slot.chunk
+        job = chunk.job
+        count = len(values)
+        first = chunk.done
+        slot.reported += count
+        self._tasks[wid] += count
+        chunk.done += count
+        job.running -= count
+        slot.since = now
+        if not job.closed:
+            estimate = busy / count
+            job.item_time = (
+                estimate if job.item_time is None else 0.5 * job.item_time + 0.5 * estimate
+            )
+            self._item_times[job.fn_key] = job.item_time
+            base = chunk.start + first
+            if not errors:
+                job._emit(base, values, None)
+            else:
+                self._emit_with_errors(job, chunk, first, values, errors)
+        if chunk.done >= len(chunk.args):
+            slot.chunk = None
+            if self._max_tasks is not None and self._tasks[wid] >= self._max_tasks:
+                self._remove_slot(slot, Retire(wid))
+        self._dispatch(now)
+
+    def _emit_with_errors(
+        self,
+        job: Job,
+        chunk: Chunk,
+        first: int,
+        values: list[Any],
+        errors: dict[int, BaseException],
+    ) -> None:
+        base = chunk.start + first
+        seg_from = 0
+        seg_errors: dict[int, BaseException] = {}
+        for pos in sorted(errors):
+            index = base + pos
+            error = mark_index(errors[pos], index)
+            if self._should_retry(job, chunk.attempt, error, task_raised=True):
+                job._emit(base + seg_from, values[seg_from:pos], seg_errors or None)
+                seg_from, seg_errors = pos + 1, {}
+                job.pending.appendleft(Run(index, [chunk.args[first + pos]], chunk.attempt + 1, True))
+                continue
+            job.failures += 1
+            if job.config.on_error == "raise":
+                job._emit(base + seg_from, values[seg_from:pos], seg_errors or None)
+                self._abort(job, error)
+                return
+            values[pos] = None
+            seg_errors[index] = error
+        job._emit(base + seg_from, values[seg_from:], seg_errors or None)
+
+    def on_exit(self, wid: int, exitcode: int | None, now: float) -> None:
+        """Worker ``wid`` died (its outcomes were all read before this call)."""
+        slot = self.slots.get(wid)
+        if slot is None:
+            return
+        if not slot.ready:
+            self._startup_failures += 1
+        chunk = self._remove_slot(slot, Kill(wid))
+        if chunk is not None and not slot.ready:
+            # It died before running anything: not the fault of its inputs.
+            self._requeue(chunk, chunk.done, len(chunk.args))
+            chunk = None
+        if self._startup_failures >= MAX_STARTUP_FAILURES:
+            self._break(
+                RuntimeError(
+                    f"worker processes keep dying while starting (last: exit status {exitcode}); "
+                    "with the 'spawn' or 'forkserver' start method the main module must be "
+                    "importable and guarded by `if __name__ == '__main__':`"
+                )
+            )
+            return
+        if chunk is not None:
+            self._blame(chunk, slot, WorkerCrashedError, exitcode)
+        self._dispatch(now)
+
+    def _blame(self, chunk: Chunk, slot: Slot, kind: type, detail: Any) -> None:
+        """Fail the item of ``chunk`` that was running when the worker died."""
+        reading = self._beacon(slot.wid)
+        started = reading[0] if reading is not None else slot.reported
+        running = reading is not None and reading[1] is not None
+        # Items of the chunk the worker started but had not reported yet.
+        unreported = started - slot.reported
+        pos = chunk.done + unreported - 1 if running else None
+        if pos is None or not chunk.done <= pos < len(chunk.args):
+            if len(chunk.args) - chunk.done == 1:
+                pos = chunk.done
+            else:
+                # We cannot tell which item killed it: send each one alone, so
+                # that the next death names its culprit.
+                self._requeue(chunk, chunk.done, len(chunk.args), solo=True)
+                return
+        self._requeue(chunk, pos + 1, len(chunk.args))
+        index = chunk.start + pos
+        error = kind(index, detail)
+        self._fail(chunk.job, index, chunk.attempt, chunk.args[pos], error, task_raised=False)
+        # Items before the culprit finished but their outcomes died with the
+        # worker: run them again.
+        self._requeue(chunk, chunk.done, pos)
+
+    # ------------------------------------------------------------------ time
+    def next_deadline(self) -> float | None:
+        """When ``on_time`` must be called next, or ``None``."""
+        best: float | None = None
+        for slot in self.slots.values():
+            chunk = slot.chunk
+            if chunk is not None and chunk.job.config.timeout is not None:
+                deadline = slot.since + chunk.job.config.timeout
+                if best is None or deadline < best:
+                    best = deadline
+        return best
+
+    def on_time(self, now: float) -> None:
+        """Check deadlines: kill workers whose current item ran out of time."""
+        for slot in list(self.slots.values()):
+            chunk = slot.chunk
+            if chunk is None or slot.wid not in self.slots:
+                continue
+            timeout = chunk.job.config.timeout
+            if timeout is None or slot.since + timeout > now:
+                continue
+            reading = self._beacon(slot.wid)
+            if reading is None or reading[1] is None:
+                # Torn read, or between items: look again a full timeout later
+                # at the latest; the next outcome moves `since` forward anyway.
+                slot.since = now
+                continue
+            started, running_since = reading
+            if running_since + timeout > now:
+                slot.since = running_since
+                continue
+            pos = chunk.done + (started - slot.reported) - 1
+            if not chunk.done <= pos < len(chunk.args):
+                slot.since = now
+                continue
+            self._remove_slot(slot, Kill(slot.wid))
+            self._requeue(chunk, pos + 1, len(chunk.args))
+            index = chunk.start + pos
+            self._fail(
+                chunk.job,
+                index,
+                chunk.attempt,
+                chunk.args[pos],
+                TaskTimeoutError(index, timeout),
+                task_raised=False,
+            )
+            self._requeue(chunk, chunk.done, pos)
+        self._dispatch(now)
+
+    # ---------------------------------------------------------------- closing
+    def close(self) -> None:
+        """Stop every worker: idle ones gracefully, busy ones by force."""
+        self.closing = True
+        for job in list(self.jobs):
+            self._abort(job, job.error or RuntimeError("the pool was closed while this map ran"))
+        self.jobs.clear()
+        for slot in list(self.slots.values()):
+            self._remove_slot(slot, Retire(slot.wid) if slot.chunk is None else Kill(slot.wid))
+
+    def busy_workers(self) -> Iterator[int]:
+        """Worker ids that are running a chunk."""
+        return (wid for wid, slot in self.slots.items() if slot.chunk is not None)

@@ -1,0 +1,240 @@
+"""The worker process: receive a chunk, run each item, send outcomes back.
+
+Protocol on the worker's own pipe (every message is one pickled tuple):
+
+* parent → worker: ``(job_id, function_or_None, star, [args, ...])``, a chunk;
+  the function is sent once per job and cached; ``b""`` means stop.
+* worker → parent: ``(READY,)`` once started; ``(INIT_FAILED, error)`` if the
+  initializer raised; ``(BATCH, values, errors, pickled, busy)`` with the next
+  outcomes of the current chunk, in order.
+
+Outcomes are batched for at most ``FLUSH_SECONDS`` so that tiny items do not
+pay a message each. The *beacon*, two doubles in shared memory, tells the
+parent at any moment how many items this worker has started and when the
+current one began, which is what per-item deadlines and crash blame read.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ._results import ErrorPayload
+
+READY, BATCH, INIT_FAILED = 0, 1, 2
+FLUSH_SECONDS = 0.005
+WATCH_SECONDS = 0.05
+PROTOCOL = 5
+_SIMPLE = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+def ignore_signals() -> None:
+    """Ignore SIGINT and SIGTERM: Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def encode_error(exc: BaseException) -> ErrorPayload:
+    """Make any exception safe to send: pickled if it round-trips, plus text."""
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() of the exception failed>"
+    try:
+        tb_text = "".join(traceback.format_exception(exc))
+    except Exception:
+        tb_text = f"{name}: {message}\n"
+    data: bytes | None = None
+    # Only ordinary exceptions travel as themselves: SystemExit or
+    # KeyboardInterrupt re-raised in the parent would stop the parent.
+    if isinstance(exc, Exception):
+        try:
+            data = pickle.dumps(exc, PROTOCOL)
+            pickle.loads(data)
+        except BaseException:
+            data = None
+    return (data, name, message, tb_text)
+
+
+class _Failed:
+    """Marks an outcome slot that holds an error instead of a value."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: ErrorPayload) -> None:
+        self.payload = payload
+
+
+def _raiser(exc: BaseException) -> Callable[..., Any]:
+    def fail(*args: Any) -> Any:
+        raise exc
+
+    return fail
+
+
+class _Worker:
+    def __init__(self, conn: Connection, beacon: Any) -> None:
+        self.conn = conn
+        self.beacon = memoryview(beacon).cast("B").cast("d")
+        self.out: deque[Any] = deque()
+        self.lock = threading.Lock()
+        self.busy = 0.0
+        self.last_flush = time.monotonic()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self.conn.send_bytes(pickle.dumps(message, PROTOCOL))
+
+    def flush(self) -> None:
+        """Send the buffered outcomes (caller holds ``lock``)."""
+        out = self.out
+        values = [out.popleft() for _ in range(len(out))]
+        if not values:
+            return
+        busy, self.busy = self.busy, 0.0
+        errors: dict[int, ErrorPayload] | None = None
+        pickled: list[int] | None = None
+        for i, value in enumerate(values):
+            kind = type(value)
+            if kind in _SIMPLE:
+                continue
+            if kind is _Failed:
+                errors = errors or {}
+                errors[i] = value.payload
+                values[i] = None
+                continue
+            # Pickle anything else on its own, so that one bad result fails
+            # only its own item, here or when the parent unpickles it.
+            try:
+                values[i] = pickle.dumps(value, PROTOCOL)
+            except BaseException as exc:
+                error = pickle.PicklingError(
+                    f"the result could not be pickled ({type(exc).__name__}: {exc})"
+                )
+                errors = errors or {}
+                errors[i] = encode_error(error)
+                values[i] = None
+            else:
+                pickled = pickled or []
+                pickled.append(i)
+        self.send((BATCH, values, errors, pickled, busy))
+        self.last_flush = time.monotonic()
+
+    def watch(self, parent: int) -> None:
+        """Exit when the parent dies; flush outcomes a long item holds back."""
+        while True:
+            time.sleep(WATCH_SECONDS)
+            if os.getppid() != parent:
+                os._exit(0)
+            if self.out and time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+                if self.lock.acquire(blocking=False):
+                    try:
+                        self.flush()
+                    except BaseException:
+                        pass
+                    finally:
+                        self.lock.release()
+
+    def run(self, preload: Callable[..., Any] | None) -> None:
+        functions: dict[int, Callable[..., Any]] = {}
+        beacon = self.beacon
+        out = self.out
+        monotonic = time.monotonic
+        started = 0
+        while True:
+            try:
+                data = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            if not data:
+                return
+            job_id, payload, star, chunk = pickle.loads(data)
+            fn = self._function(functions, job_id, payload, preload)
+            for args in chunk:
+                started += 1
+                # Count first, then the start time: the parent reads time,
+                # count, time and trusts only a reading whose times agree.
+                beacon[1] = started
+                t0 = monotonic()
+                beacon[0] = t0
+                failed = False
+                try:
+                    value = fn(*args) if star else fn(args)
+                except BaseException as exc:
+                    value = _Failed(encode_error(exc))
+                    failed = True
+                t1 = monotonic()
+                beacon[0] = -1.0
+                out.append(value)
+                self.busy += t1 - t0
+                if failed or t1 - self.last_flush >= FLUSH_SECONDS:
+                    with self.lock:
+                        self.flush()
+            with self.lock:
+                self.flush()
+
+    @staticmethod
+    def _function(
+        functions: dict[int, Callable[..., Any]],
+        job_id: int,
+        payload: bytes | None,
+        preload: Callable[..., Any] | None,
+    ) -> Callable[..., Any]:
+        if payload is not None:
+            try:
+                fn = pickle.loads(payload)
+            except BaseException as exc:
+                fn = _raiser(exc)
+            # A decorated function runs its original function here.
+            fn = getattr(fn, "__parmap_inline__", fn)
+            if len(functions) >= 64:
+                functions.pop(next(iter(functions)))
+            functions[job_id] = fn
+            return fn
+        fn = functions.get(job_id) or preload
+        if fn is None:
+            return _raiser(RuntimeError("parmap: the function of this map never reached the worker"))
+        return fn
+
+
+def worker_main(
+    conn: Connection,
+    beacon: Any,
+    ignore: bool,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    preload: Callable[..., Any] | None,
+    inherited: Connection | None,
+) -> None:
+    """Entry point of a worker process."""
+    if inherited is not None:
+        # Under fork we inherit the parent's end of our own pipe; holding it
+        # would hide the parent's death from us.
+        inherited.close()
+    if ignore:
+        ignore_signals()
+    worker = _Worker(conn, beacon)
+    threading.Thread(target=worker.watch, args=(os.getppid(),), daemon=True).start()
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            try:
+                worker.send((INIT_FAILED, encode_error(exc)))
+            except OSError:
+                pass
+            return
+    try:
+        worker.send((READY,))
+        worker.run(getattr(preload, "__parmap_inline__", preload))
+    except (BrokenPipeError, ConnectionResetError):
+        return

@@ -1,0 +1,69 @@
+"""Shared fixtures: every test must leave no child process behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+
+_MP_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _is_mp_helper(proc: psutil.Process) -> bool:
+    """multiprocessing's own long-lived helpers, started once per interpreter."""
+    try:
+        return any(helper in " ".join(proc.cmdline()) for helper in _MP_HELPERS)
+    except psutil.Error:
+        return False
+
+
+def _children() -> list[psutil.Process]:
+    children = psutil.Process(os.getpid()).children(recursive=True)
+    helpers = [p for p in children if _is_mp_helper(p)]
+    return [
+        p
+        for p in children
+        if p not in helpers and not any(p.ppid() == h.pid for h in helpers)
+    ]
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for proc in procs:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a child process running.
+
+    Pools owned by a test are closed by the test itself; a short grace period
+    lets processes that were already told to stop finish exiting.
+    """
+    before = {p.pid for p in _children()}
+    yield
+    if request.node.get_closest_marker("allow_leftover"):
+        return
+    deadline = time.monotonic() + 5.0
+    while True:
+        left = [p for p in _alive(_children()) if p.pid not in before]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if left:
+        for proc in left:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        names = ", ".join(f"{p.pid}:{p.name()}" for p in left)
+        pytest.fail(f"test left child processes behind: {names}")

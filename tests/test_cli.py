@@ -1,0 +1,376 @@
+"""The command line: ``parmap run``, ``parmap demo``, exit codes and usage errors.
+
+Every command runs in a subprocess, as a user runs it; the task functions it
+imports live in ``cli_tasks.py`` next to this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parmap.__main__ import main
+
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+TIMEOUT = 60  # generous: a loaded CI machine starts processes slowly
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(TESTS), str(SRC), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env.pop("PYTHONIOENCODING", None)
+    return env
+
+
+def run_cli(
+    *args: str, stdin: str = "", cwd: Path | None = None, python_flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *python_flags, "-m", "parmap", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=_env(),
+        cwd=cwd or TESTS,
+        check=False,
+    )
+
+
+def records(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert proc.returncode == 2, proc
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("parmap: error: ")
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+# --- run: output and exit codes ------------------------------------------------
+
+
+def test_run_maps_lines_of_stdin_in_order() -> None:
+    proc = run_cli("run", "cli_tasks:upper", "--workers", "2", stdin="a\nb\nc\n")
+    assert proc.returncode == 0, proc.stderr
+    assert records(proc.stdout) == [
+        {"index": 0, "value": "A"},
+        {"index": 1, "value": "B"},
+        {"index": 2, "value": "C"},
+    ]
+
+
+def test_run_reads_stdin_given_as_dash() -> None:
+    proc = run_cli("run", "cli_tasks:upper", "-", stdin="x\ny")  # no final newline
+    assert proc.returncode == 0, proc.stderr
+    assert records(proc.stdout) == [{"index": 0, "value": "X"}, {"index": 1, "value": "Y"}]
+
+
+def test_run_reads_a_file(tmp_path: Path) -> None:
+    data = tmp_path / "in.txt"
+    data.write_text("1\n2\n\n3\n", encoding="utf-8")
+    proc = run_cli("run", "cli_tasks:upper", str(data))
+    assert proc.returncode == 0, proc.stderr
+    # Every line is an input, an empty one too, so index is the line number - 1.
+    assert [r["value"] for r in records(proc.stdout)] == ["1", "2", "", "3"]
+
+
+def test_run_empty_input_succeeds() -> None:
+    proc = run_cli("run", "cli_tasks:upper", stdin="")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+
+
+def test_a_failing_item_is_reported_and_exits_1() -> None:
+    proc = run_cli("run", "cli_tasks:square", "--workers", "2", stdin="1\nzwei\n3\n")
+    assert proc.returncode == 1, proc.stderr
+    out = records(proc.stdout)
+    assert out[0] == {"index": 0, "value": 1}
+    assert out[1]["index"] == 1
+    assert out[1]["error"]["type"] == "ValueError"
+    assert "zwei" in out[1]["error"]["message"]
+    assert out[2] == {"index": 2, "value": 9}
+    assert "Traceback" not in proc.stderr
+
+
+def test_on_error_raise_stops_after_the_first_failure() -> None:
+    proc = run_cli(
+        "run", "cli_tasks:square", "--workers", "1", "--on-error", "raise", stdin="2\nx\n3\n4\n"
+    )
+    assert proc.returncode == 1, proc.stderr
+    out = records(proc.stdout)
+    assert out[0] == {"index": 0, "value": 4}
+    assert out[1]["index"] == 1
+    assert out[1]["error"]["type"] == "ValueError"
+    assert len(out) == 2
+
+
+def test_json_lists_are_positional_and_objects_keyword_arguments() -> None:
+    stdin = '[1, 2]\n{"a": 3, "b": 4}\n{"a": 5}\n7\n'
+    proc = run_cli("run", "cli_tasks:add", "--json", stdin=stdin)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["value"] for r in records(proc.stdout)] == [3, 7, 5, 7]
+
+
+def test_json_scalars_and_nested_values_are_one_argument() -> None:
+    stdin = '"text"\nnull\n[{"k": [1, 2]}]\n{"x": {"y": 1}}\n'
+    proc = run_cli("run", "cli_tasks:echo", "--json", stdin=stdin)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["value"] for r in records(proc.stdout)] == [
+        {"args": ["text"], "kwargs": {}},
+        {"args": [None], "kwargs": {}},
+        {"args": [{"k": [1, 2]}], "kwargs": {}},
+        {"args": [], "kwargs": {"x": {"y": 1}}},
+    ]
+
+
+def test_json_wrong_arguments_fail_that_item() -> None:
+    proc = run_cli("run", "cli_tasks:add", "--json", stdin='[1, 2]\n{"c": 1}\n')
+    assert proc.returncode == 1, proc.stderr
+    out = records(proc.stdout)
+    assert out[0] == {"index": 0, "value": 3}
+    assert out[1]["error"]["type"] == "TypeError"
+
+
+def test_values_json_cannot_encode_are_written_as_text() -> None:
+    proc = run_cli("run", "cli_tasks:as_set", stdin="a\n")
+    assert proc.returncode == 0, proc.stderr
+    assert records(proc.stdout) == [{"index": 0, "value": "{'a'}"}]
+
+
+def test_nan_is_written_as_valid_json() -> None:
+    proc = run_cli("run", "cli_tasks:not_a_number", stdin="a\n")
+    assert proc.returncode == 0, proc.stderr
+
+    def reject(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    assert json.loads(proc.stdout, parse_constant=reject) == {"index": 0, "value": "nan"}
+
+
+def test_system_exit_in_a_task_is_an_error_of_that_item() -> None:
+    proc = run_cli("run", "cli_tasks:exit_task", stdin="3\n")
+    assert proc.returncode == 1, proc.stderr
+    assert records(proc.stdout)[0]["error"]["type"] == "SystemExit"
+
+
+def test_timeout_kills_the_item_and_reports_it() -> None:
+    proc = run_cli(
+        "run", "cli_tasks:hang", "--workers", "2", "--timeout", "0.5", stdin="a\nhang\nb\n"
+    )
+    assert proc.returncode == 1, proc.stderr
+    out = records(proc.stdout)
+    assert out[0] == {"index": 0, "value": "a"}
+    assert out[1]["error"]["type"] == "TaskTimeoutError"
+    assert out[2] == {"index": 2, "value": "b"}
+
+
+def test_retries_run_a_failed_item_again(tmp_path: Path) -> None:
+    marker = tmp_path / "seen"
+    proc = run_cli("run", "cli_tasks:fail_once", "--retries", "1", stdin=f"{marker}\n")
+    assert proc.returncode == 0, proc.stderr
+    assert records(proc.stdout) == [{"index": 0, "value": "second try"}]
+
+
+def test_without_retries_the_first_failure_stands(tmp_path: Path) -> None:
+    marker = tmp_path / "seen"
+    proc = run_cli("run", "cli_tasks:fail_once", stdin=f"{marker}\n")
+    assert proc.returncode == 1, proc.stderr
+    assert records(proc.stdout)[0]["error"] == {"type": "RuntimeError", "message": "first try"}
+
+
+def test_unordered_writes_results_as_they_complete(tmp_path: Path) -> None:
+    # Item 0 waits for a marker file that the test creates only after it has
+    # read item 1's line, so item 1 must come out first.
+    gate = tmp_path / "gate"
+    command = ["run", "cli_tasks:wait_for", "--unordered", "--workers", "2"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "parmap", *command],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=TESTS,
+    ) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            proc.stdin.write(f"wait:{gate}\nfast\n")
+            proc.stdin.close()
+            first = json.loads(proc.stdout.readline())
+            gate.touch()
+            second = json.loads(proc.stdout.readline())
+            assert proc.wait(timeout=TIMEOUT) == 0
+        finally:
+            gate.touch()
+            if proc.poll() is None:
+                proc.kill()
+    assert first == {"index": 1, "value": "fast"}
+    assert second == {"index": 0, "value": "released"}
+
+
+def test_chunksize_and_progress(tmp_path: Path) -> None:
+    data = tmp_path / "in.txt"
+    data.write_text("".join(f"{i}\n" for i in range(20)), encoding="utf-8")
+    proc = run_cli("run", "cli_tasks:square", str(data), "--chunksize", "4", "--progress")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["value"] for r in records(proc.stdout)] == [i * i for i in range(20)]
+    assert "20" in proc.stderr  # the bar's count reaches every item
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_run_under_other_start_methods(method: str) -> None:
+    proc = run_cli("run", "cli_tasks:add", "--json", "--start-method", method, stdin="[1, 2]\n")
+    assert proc.returncode == 0, proc.stderr
+    assert records(proc.stdout) == [{"index": 0, "value": 3}]
+
+
+def test_a_module_in_the_current_directory_is_importable(tmp_path: Path) -> None:
+    (tmp_path / "mymod.py").write_text("def double(s):\n    return s * 2\n", encoding="utf-8")
+    # -P keeps Python from putting the current directory on sys.path itself,
+    # as the installed console script does not either.
+    for method in ("fork", "spawn"):
+        proc = run_cli(
+            "run", "mymod:double", "--start-method", method,
+            stdin="ab\n", cwd=tmp_path, python_flags=("-P",),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert records(proc.stdout) == [{"index": 0, "value": "abab"}]
+
+
+# --- usage errors: exit 2, one line, no traceback ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["run", "no_such_module_xyz:f"], "no_such_module_xyz"),
+        (["run", "cli_tasks:missing"], "missing"),
+        (["run", "cli_tasks:NOT_CALLABLE"], "not callable"),
+        (["run", "os:sep"], "not callable"),
+        (["run", "cli_tasks"], "MODULE:FUNCTION"),
+        (["run", ":upper"], "MODULE:FUNCTION"),
+        (["run"], "MODULE:FUNCTION"),
+        (["run", "cli_tasks:upper", "--workers", "0"], "--workers"),
+        (["run", "cli_tasks:upper", "--workers", "many"], "--workers"),
+        (["run", "cli_tasks:upper", "--timeout", "-1"], "--timeout"),
+        (["run", "cli_tasks:upper", "--timeout", "nan"], "--timeout"),
+        (["run", "cli_tasks:upper", "--retries", "-1"], "--retries"),
+        (["run", "cli_tasks:upper", "--chunksize", "0"], "--chunksize"),
+        (["run", "cli_tasks:upper", "--on-error", "ignore"], "--on-error"),
+        (["run", "cli_tasks:upper", "--start-method", "teleport"], "--start-method"),
+        (["run", "cli_tasks:upper", "--no-such-option"], "--no-such-option"),
+        (["run", "cli_tasks:upper", "/no/such/file.txt"], "/no/such/file.txt"),
+        (["bogus"], "bogus"),
+        ([], "command"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str], fragment: str) -> None:
+    assert_usage_error(run_cli(*args, stdin="a\n"), fragment)
+
+
+def test_a_module_that_fails_to_import_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom\\nsecond line')\n")
+    (tmp_path / "badimport.py").write_text("import no_such_dependency_xyz\n")
+    assert_usage_error(run_cli("run", "broken:f", cwd=tmp_path), "broken", "boom")
+    assert_usage_error(
+        run_cli("run", "badimport:f", cwd=tmp_path), "badimport", "no_such_dependency_xyz"
+    )
+
+
+def test_a_bad_json_line_is_a_usage_error() -> None:
+    proc = run_cli("run", "cli_tasks:add", "--json", stdin="[1, 2]\n{oops\n[3, 4]\n")
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("parmap: error: <stdin>, line 2: invalid JSON")
+    assert "Traceback" not in proc.stderr
+    # Lines before the bad one may have been written already; none after it.
+    assert all(r["index"] < 1 for r in records(proc.stdout))
+
+
+def test_undecodable_input_is_a_usage_error(tmp_path: Path) -> None:
+    data = tmp_path / "bad.txt"
+    data.write_bytes(b"ok\n\xff\xfe\n")
+    proc = run_cli("run", "cli_tasks:upper", str(data))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("parmap: error: ")
+    assert "line 2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --- demo, version, entry points --------------------------------------------------
+
+
+def test_demo_shows_ordered_results_and_errors() -> None:
+    proc = run_cli("demo")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for i in range(10):
+        expected = f"RuntimeError('task {i} failed')" if i % 3 == 0 else str(i)
+        assert f"task {i}: {expected}" in lines
+    task_lines = [line for line in lines if line.startswith("task ")]
+    assert task_lines == sorted(task_lines, key=lambda line: int(line.split()[1].rstrip(":")))
+    assert lines[-1].startswith("6 succeeded, 4 failed")
+
+
+def test_demo_under_spawn() -> None:
+    proc = run_cli("demo", "--start-method", "spawn")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("6 succeeded, 4 failed")
+
+
+def test_version() -> None:
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"parmap {metadata.version('parmap')}"
+
+
+def test_help_exits_0() -> None:
+    for args in (["--help"], ["run", "--help"], ["demo", "--help"]):
+        proc = run_cli(*args)
+        assert proc.returncode == 0, proc.stderr
+        assert "usage: parmap" in proc.stdout
+
+
+def test_console_script() -> None:
+    script = Path(sys.executable).with_name("parmap")
+    if not script.exists():
+        pytest.skip("the parmap console script is not installed next to this Python")
+    proc = subprocess.run(
+        [str(script), "run", "cli_tasks:upper"],
+        input="q\n",
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=_env(),
+        cwd=TESTS,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert records(proc.stdout) == [{"index": 0, "value": "Q"}]
+
+
+def test_main_returns_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    # In-process: only paths that start no workers.
+    assert main(["run", "no_such_module_xyz:f"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("parmap: error: ")
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("parmap ")
