@@ -22,13 +22,9 @@ def _is_mp_helper(proc: psutil.Process) -> bool:
 
 
 def _children() -> list[psutil.Process]:
+    # Workers started by the forkserver are its children: they still count.
     children = psutil.Process(os.getpid()).children(recursive=True)
-    helpers = [p for p in children if _is_mp_helper(p)]
-    return [
-        p
-        for p in children
-        if p not in helpers and not any(p.ppid() == h.pid for h in helpers)
-    ]
+    return [p for p in children if not _is_mp_helper(p)]
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
