@@ -9,10 +9,16 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+)
+from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
 
-from typing_extensions import Self, Unpack
+from typing_extensions import Unpack
 
 from ._driver import aiterate, collect, iterate, outcomes
 from ._engine import Engine
@@ -116,7 +122,11 @@ class _Call:
     def run(self) -> MapResult[Any]:
         values: list[Any] = []
         errors: dict[int, BaseException] = {}
-        collect(iterate(self.engine, self.new_job, _source(self.iterables), self.progress()), values, errors)
+        collect(
+            iterate(self.engine, self.new_job, _source(self.iterables), self.progress()),
+            values,
+            errors,
+        )
         return MapResult(values, dict(sorted(errors.items())))
 
     def stream(self) -> Iterator[Outcome[Any]]:
@@ -303,10 +313,11 @@ class ParallelFunction(Generic[P, T]):
     def __reduce__(self) -> str:
         # Pickle by reference to this wrapper (the module attribute); the
         # worker unwraps it and runs the original function.
-        return self.__qualname__
+        name: str = self.__dict__["__qualname__"]
+        return name
 
     def __repr__(self) -> str:
-        return f"<parallel function {self.__module__}.{self.__qualname__}>"
+        return f"<parallel function {self.__module__}.{self.__dict__['__qualname__']}>"
 
     def _pool_for(self, options: Options) -> tuple[Pool, Defaults, bool]:
         defaults = self._defaults.merged(options)
@@ -317,8 +328,10 @@ class ParallelFunction(Generic[P, T]):
                 self._pool = Pool._for_function(self._defaults, self)
             return self._pool, defaults, False
 
-    def _call(self, iterables: tuple[Any, ...], options: Options, **kwargs: Any) -> tuple[_Call, Pool, bool]:
-        pool, defaults, temporary = self._pool_for(options)
+    def _call(
+        self, iterables: tuple[Any, ...], options: Options, **kwargs: Any
+    ) -> tuple[_Call, Pool, bool]:
+        pool, _defaults, temporary = self._pool_for(options)
         try:
             call = pool._call(self, iterables, _map_only(options), pool_options=True, **kwargs)
         except BaseException:
@@ -389,7 +402,9 @@ def _closing(stream: Iterator[Outcome[Any]], pool: Pool | None) -> Iterator[Outc
             pool.close()
 
 
-async def _aclosing(stream: AsyncIterator[Outcome[Any]], pool: Pool | None) -> AsyncIterator[Outcome[Any]]:
+async def _aclosing(
+    stream: AsyncIterator[Outcome[Any]], pool: Pool | None
+) -> AsyncIterator[Outcome[Any]]:
     try:
         async for outcome in stream:
             yield outcome
@@ -491,7 +506,9 @@ async def apmap(
     """
     pool, map_options = _temporary(fn, options)
     try:
-        return await pool._call(fn, iterables, map_options, allow_async=True, pool_options=True).arun()
+        return await pool._call(
+            fn, iterables, map_options, allow_async=True, pool_options=True
+        ).arun()
     finally:
         pool.close()
 

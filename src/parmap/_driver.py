@@ -11,7 +11,7 @@ the job, which kills the workers still running it.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -41,7 +41,7 @@ def _feed(engine: Engine, job: Job, source: Iterator[Any]) -> None:
 
 def iterate(
     engine: Engine, new_job: Callable[[], Job], source: Iterator[Any], progress: Progress
-) -> Iterator[Segment]:
+) -> Generator[Segment, None, None]:
     """Run a job on ``engine`` from the calling thread, yielding segments."""
     with engine.turn():
         engine.check_open()
@@ -103,7 +103,7 @@ async def aiterate(
     new_job: Callable[[], Job],
     source: Iterator[Any] | AsyncIterator[Any],
     progress: Progress,
-) -> AsyncIterator[Segment]:
+) -> AsyncGenerator[Segment, None]:
     """Run a job on ``engine`` from the running event loop, yielding segments."""
     import asyncio
 
@@ -154,7 +154,9 @@ def outcomes(segments: Iterable[Segment]) -> Iterator[Outcome[Any]]:
                 yield Outcome(index, None, error) if error is not None else Outcome(index, value)
 
 
-def collect(segments: Iterable[Segment], values: list[Any], errors: dict[int, BaseException]) -> None:
+def collect(
+    segments: Iterable[Segment], values: list[Any], errors: dict[int, BaseException]
+) -> None:
     """Place segments into input-ordered ``values`` and ``errors``."""
     for start, seg_values, seg_errors in segments:
         end = start + len(seg_values)

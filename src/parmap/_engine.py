@@ -23,14 +23,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from multiprocessing.connection import wait as mp_wait
 from typing import Any
 
 from ._backends.base import Backend, Waitable
 from ._options import PoolConfig
 from ._scheduler import Job, Kill, Retire, Scheduler, Send, Spawn
-from ._worker import PROTOCOL
 
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -130,10 +129,8 @@ class Engine:
         self._notify()
         self._detach_all()
         for fd in (self._wake_r, self._wake_w):
-            try:
+            with suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         _live_engines.discard(self)
 
     # ------------------------------------------------------------- sync side
@@ -148,10 +145,8 @@ class Engine:
         if not self._turn.acquire(blocking=False):
             with self._waiting_lock:
                 self._waiting += 1
-            try:
+            with suppress(OSError):
                 os.write(self._wake_w, b"x")
-            except OSError:
-                pass
             try:
                 self._turn.acquire()
             finally:
@@ -181,7 +176,7 @@ class Engine:
             if waitable == self._wake_r:
                 self._drain_wakeups()
                 continue
-            self.backend.handle(waitable, sched, now)
+            self.backend.handle(waitable, sched, now)  # type: ignore[arg-type]
             self.execute()
         if deadline is not None and now >= deadline:
             sched.on_time(now)

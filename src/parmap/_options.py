@@ -70,10 +70,8 @@ def _normalize_retry_on(value: object) -> tuple[type[BaseException], ...]:
     types = value if isinstance(value, tuple) else (value,)
     for t in types:
         if not (isinstance(t, type) and issubclass(t, BaseException)):
-            raise TypeError(
-                f"retry_on must be an exception type or a tuple of them, got {value!r}"
-            )
-    return types  # type: ignore[return-value]
+            raise TypeError(f"retry_on must be an exception type or a tuple of them, got {value!r}")
+    return types
 
 
 def _check_progress(value: object) -> None:

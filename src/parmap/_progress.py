@@ -25,7 +25,7 @@ class Progress:
         if spec is False or spec is None:
             return
         if spec is True or isinstance(spec, Mapping):
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # type: ignore[import-untyped, unused-ignore]
 
             kwargs: dict[str, Any] = {"total": total, "unit": "item"}
             if isinstance(spec, Mapping):

@@ -201,9 +201,7 @@ class MapResult(Sequence[T]):
         """Return all values, or raise an ``ExceptionGroup`` of every failure."""
         if self._errors:
             failures = [_as_exception(e) for e in self._errors.values()]
-            raise ExceptionGroup(
-                f"{len(failures)} of {len(self._values)} items failed", failures
-            )
+            raise ExceptionGroup(f"{len(failures)} of {len(self._values)} items failed", failures)
         return list(self._values)  # type: ignore[arg-type]
 
     def __len__(self) -> int:

@@ -60,6 +60,9 @@ MAX_CHUNK_ITEMS = 100_000
 #: Consecutive workers that may die before reporting ready before the pool
 #: is declared broken (rather than respawning forever).
 MAX_STARTUP_FAILURES = 3
+#: When a deadline passes but the beacon shows no item running, look again
+#: after this long.
+RECHECK_SECONDS = 0.02
 
 Beacon = tuple[int, float | None] | None
 """What a worker's beacon says: items started since birth, and the start time
@@ -79,7 +82,7 @@ class Send:
     """Send an encoded chunk to worker ``wid``."""
 
     wid: int
-    payload: bytes
+    payload: object
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +222,8 @@ class Scheduler:
     """The state of a pool's workers and maps, driven by events.
 
     ``workers`` is the pool size; ``encode`` turns a chunk message into bytes
-    (it may raise for unpicklable arguments); ``beacon(wid)`` reads what a
+    (bytes for a pipe, or the message itself for an in-process backend; it
+    may raise for unpicklable arguments); ``beacon(wid)`` reads what a
     worker is running (see ``Beacon``).
     """
 
@@ -227,7 +231,7 @@ class Scheduler:
         self,
         workers: int,
         *,
-        encode: Callable[[object], bytes],
+        encode: Callable[[object], object],
         beacon: Callable[[int], Beacon],
         max_tasks_per_worker: int | None = None,
     ) -> None:
@@ -290,10 +294,17 @@ class Scheduler:
         if start >= stop or job.closed:
             return
         job.pending.appendleft(
-            Run(chunk.start + start, chunk.args[start:stop], chunk.attempt, solo or chunk.attempt > 0)
+            Run(
+                chunk.start + start,
+                chunk.args[start:stop],
+                chunk.attempt,
+                solo or chunk.attempt > 0,
+            )
         )
 
-    def _should_retry(self, job: Job, attempt: int, error: BaseException, *, task_raised: bool) -> bool:
+    def _should_retry(
+        self, job: Job, attempt: int, error: BaseException, *, task_raised: bool
+    ) -> bool:
         config = job.config
         if attempt >= config.retries:
             return False
@@ -306,7 +317,14 @@ class Scheduler:
         )
 
     def _fail(
-        self, job: Job, index: int, attempt: int, args: Any, error: BaseException, *, task_raised: bool
+        self,
+        job: Job,
+        index: int,
+        attempt: int,
+        args: Any,
+        error: BaseException,
+        *,
+        task_raised: bool,
     ) -> None:
         """Record that input ``index`` failed, retrying it when allowed."""
         mark_index(error, index)
@@ -421,8 +439,9 @@ class Scheduler:
             self._isolate_unpicklable(job, start, args, run.attempt)
             self._dispatch(now)
             return
-        per_item = len(payload) / size
-        job.item_bytes = per_item if job.item_bytes is None else max(job.item_bytes, per_item)
+        if isinstance(payload, bytes):
+            per_item = len(payload) / size
+            job.item_bytes = per_item if job.item_bytes is None else max(job.item_bytes, per_item)
         slot.sent_jobs.add(job.id)
         slot.chunk = Chunk(job, start, args, run.attempt)
         slot.since = now
@@ -532,7 +551,9 @@ class Scheduler:
             if self._should_retry(job, chunk.attempt, error, task_raised=True):
                 job._emit(base + seg_from, values[seg_from:pos], seg_errors or None)
                 seg_from, seg_errors = pos + 1, {}
-                job.pending.appendleft(Run(index, [chunk.args[first + pos]], chunk.attempt + 1, True))
+                job.pending.appendleft(
+                    Run(index, [chunk.args[first + pos]], chunk.attempt + 1, True)
+                )
                 continue
             job.failures += 1
             if job.config.on_error == "raise":
@@ -614,18 +635,18 @@ class Scheduler:
             if timeout is None or slot.since + timeout > now:
                 continue
             reading = self._beacon(slot.wid)
-            if reading is None or reading[1] is None:
-                # Torn read, or between items: look again a full timeout later
-                # at the latest; the next outcome moves `since` forward anyway.
-                slot.since = now
+            running_since = None if reading is None else reading[1]
+            if reading is None or running_since is None:
+                # A torn read, or no item running right now (the worker is
+                # starting, or sending results): look again shortly.
+                slot.since = now - timeout + min(timeout, RECHECK_SECONDS)
                 continue
-            started, running_since = reading
             if running_since + timeout > now:
                 slot.since = running_since
                 continue
-            pos = chunk.done + (started - slot.reported) - 1
+            pos = chunk.done + (reading[0] - slot.reported) - 1
             if not chunk.done <= pos < len(chunk.args):
-                slot.since = now
+                slot.since = now - timeout + min(timeout, RECHECK_SECONDS)
                 continue
             self._remove_slot(slot, Kill(slot.wid))
             self._requeue(chunk, pos + 1, len(chunk.args))

@@ -16,6 +16,7 @@ current one began, which is what per-item deadlines and crash blame read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -45,7 +46,9 @@ def ignore_signals() -> None:
 def encode_error(exc: BaseException) -> ErrorPayload:
     """Make any exception safe to send: pickled if it round-trips, plus text."""
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
     try:
         message = str(exc)
     except Exception:
@@ -135,8 +138,8 @@ class _Worker:
             time.sleep(WATCH_SECONDS)
             if os.getppid() != parent:
                 os._exit(0)
-            if self.out and time.monotonic() - self.last_flush >= FLUSH_SECONDS:
-                if self.lock.acquire(blocking=False):
+            stale = self.out and time.monotonic() - self.last_flush >= FLUSH_SECONDS
+            if stale and self.lock.acquire(blocking=False):
                     try:
                         self.flush()
                     except BaseException:
@@ -190,6 +193,7 @@ class _Worker:
         preload: Callable[..., Any] | None,
     ) -> Callable[..., Any]:
         if payload is not None:
+            fn: Callable[..., Any]
             try:
                 fn = pickle.loads(payload)
             except BaseException as exc:
@@ -200,9 +204,10 @@ class _Worker:
                 functions.pop(next(iter(functions)))
             functions[job_id] = fn
             return fn
-        fn = functions.get(job_id) or preload
-        if fn is None:
-            return _raiser(RuntimeError("parmap: the function of this map never reached the worker"))
+        known = functions.get(job_id) or preload
+        if known is not None:
+            return known
+        return _raiser(RuntimeError("parmap: the function of this map never reached the worker"))
         return fn
 
 
@@ -228,10 +233,8 @@ def worker_main(
         try:
             initializer(*initargs)
         except BaseException as exc:
-            try:
+            with contextlib.suppress(OSError):
                 worker.send((INIT_FAILED, encode_error(exc)))
-            except OSError:
-                pass
             return
     try:
         worker.send((READY,))

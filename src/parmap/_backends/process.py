@@ -7,6 +7,7 @@ a worker can never leave a lock held that the others need.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import pickle
 from collections.abc import Callable
@@ -38,16 +39,14 @@ def stop_process(proc: BaseProcess, *, force: bool, grace: float = RETIRE_GRACE)
     if not force:
         proc.join(grace)
     if proc.exitcode is None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             proc.kill()
-        except (OSError, ValueError):
-            pass
         proc.join(KILL_REAP_TIMEOUT)
     code = proc.exitcode
-    try:
+    # close() refuses a process still running after SIGKILL (uninterruptible
+    # sleep); there is nothing more we can do for it.
+    with contextlib.suppress(ValueError):
         proc.close()
-    except ValueError:
-        pass  # still running after SIGKILL (uninterruptible sleep): leave it
     return code
 
 
@@ -57,7 +56,7 @@ class _Proc:
     conn: Connection
     sentinel: int
     beacon: Any
-    view: memoryview
+    view: memoryview[float]
     eof: bool = False
 
 
@@ -116,10 +115,8 @@ class ProcessBackend:
         entry = self._procs.get(wid)
         if entry is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             entry.conn.send_bytes(payload)
-        except OSError:
-            pass
 
     def kill(self, wid: int) -> None:
         """Kill worker ``wid`` and reap it."""
@@ -142,10 +139,9 @@ class ProcessBackend:
             del self._by_waitable[w]
         self.on_discard(gone)
         if tell:
-            try:
-                entry.conn.send_bytes(b"")  # "stop"; only idle workers are told
-            except OSError:
-                pass
+            # "Stop"; only idle workers are told, a busy one would not listen.
+            with contextlib.suppress(OSError):
+                entry.conn.send_bytes(b"")
         entry.conn.close()
         return entry
 
