@@ -517,6 +517,10 @@ class Scheduler:
         chunk.done += count
         job.running -= count
         slot.since = now
+        if chunk.done >= len(chunk.args):
+            # Free the worker first: if these outcomes stop the job, this
+            # worker has nothing left to kill.
+            slot.chunk = None
         if not job.closed:
             estimate = busy / count
             job.item_time = (
@@ -528,8 +532,7 @@ class Scheduler:
                 job._emit(base, values, None)
             else:
                 self._emit_with_errors(job, chunk, first, values, errors)
-        if chunk.done >= len(chunk.args):
-            slot.chunk = None
+        if slot.chunk is None and wid in self.slots:
             if self._max_tasks is not None and self._tasks[wid] >= self._max_tasks:
                 self._remove_slot(slot, Retire(wid))
         self._dispatch(now)

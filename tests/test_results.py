@@ -1,0 +1,113 @@
+"""MapResult, Outcome and the exceptions, as the contract describes them."""
+
+from __future__ import annotations
+
+import pickle
+import signal
+from collections.abc import Sequence
+
+import pytest
+
+from parmap import MapResult, Outcome, RemoteError, TaskTimeoutError, WorkerCrashedError
+from parmap._results import mark_index, rebuild_error
+from parmap._worker import encode_error
+
+
+def make_result() -> MapResult[int]:
+    return MapResult([10, None, 30], {1: ValueError("bad")})
+
+
+def test_map_result_is_a_sequence_with_one_slot_per_input() -> None:
+    res = make_result()
+    assert isinstance(res, Sequence)
+    assert len(res) == 3
+    assert res[0] == 10
+    assert res[-1] == 30
+    with pytest.raises(ValueError, match="bad"):
+        res[1]
+    with pytest.raises(IndexError):
+        res[3]
+
+
+def test_map_result_fields() -> None:
+    res = make_result()
+    assert res.values == [10, None, 30]
+    assert list(res.errors) == [1]
+    assert not res.ok
+    assert MapResult([1, 2], {}).ok
+    assert "3 items, 1 failed" in repr(res)
+
+
+def test_unwrap_returns_values_or_raises_a_group_of_every_failure() -> None:
+    assert MapResult([1, 2], {}).unwrap() == [1, 2]
+    res = MapResult([None, None, 3], {0: ValueError("a"), 1: KeyError("b")})
+    with pytest.raises(ExceptionGroup) as info:
+        res.unwrap()
+    assert [type(e) for e in info.value.exceptions] == [ValueError, KeyError]
+    assert "2 of 3 items failed" in str(info.value)
+
+
+def test_iterating_and_slicing_raise_at_a_failed_slot() -> None:
+    res = make_result()
+    assert res[2:] == [30]
+    with pytest.raises(ValueError, match="bad"):
+        list(res)
+
+
+def test_outcome() -> None:
+    good: Outcome[int] = Outcome(3, 9)
+    assert good.ok and good.unwrap() == 9 and good.index == 3 and good.error is None
+    bad: Outcome[int] = Outcome(4, None, KeyError("k"))
+    assert not bad.ok
+    with pytest.raises(KeyError):
+        bad.unwrap()
+
+
+def test_timeout_and_crash_errors() -> None:
+    timeout = TaskTimeoutError(5, 2.5)
+    assert isinstance(timeout, TimeoutError)
+    assert timeout.index == 5 and timeout.timeout == 2.5
+    assert "2.5 s" in str(timeout)
+    crash = WorkerCrashedError(2, -signal.SIGSEGV)
+    assert crash.signal == signal.SIGSEGV
+    assert "SIGSEGV" in str(crash)
+    exited = WorkerCrashedError(2, 3)
+    assert exited.signal is None and "exit code 3" in str(exited)
+    for exc in (timeout, crash, RemoteError("T", "m", "tb")):
+        again = pickle.loads(pickle.dumps(exc))
+        assert type(again) is type(exc) and str(again) == str(exc)
+
+
+class Unpicklable(Exception):
+    def __init__(self, a: int, b: int) -> None:  # pickle can't rebuild it from args
+        super().__init__(f"{a}-{b}")
+
+
+def test_an_exception_keeps_its_type_and_gains_the_remote_traceback() -> None:
+    try:
+        raise ValueError("original")
+    except ValueError as exc:
+        payload = encode_error(exc)
+    rebuilt = mark_index(rebuild_error(payload), 7)
+    assert type(rebuilt) is ValueError
+    assert "Traceback" in str(rebuilt.__cause__) and "original" in str(rebuilt.__cause__)
+    assert "parmap: raised for input index 7" in rebuilt.__notes__
+
+
+def test_an_exception_that_cannot_cross_becomes_remote_error() -> None:
+    try:
+        raise Unpicklable(1, 2)
+    except Unpicklable as exc:
+        payload = encode_error(exc)
+    rebuilt = rebuild_error(payload)
+    assert isinstance(rebuilt, RemoteError)
+    assert rebuilt.type_name.endswith("Unpicklable")
+    assert rebuilt.message == "1-2"
+    assert "Traceback" in rebuilt.traceback
+
+
+def test_base_exceptions_from_tasks_become_remote_error() -> None:
+    for exc in (SystemExit(3), KeyboardInterrupt()):
+        rebuilt = rebuild_error(encode_error(exc))
+        assert isinstance(rebuilt, RemoteError)
+        assert rebuilt.type_name in ("SystemExit", "KeyboardInterrupt")

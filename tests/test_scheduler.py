@@ -1,0 +1,360 @@
+"""Unit tests of the I/O-free scheduler: fake time, fake beacons, no processes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from parmap import TaskTimeoutError, WorkerCrashedError
+from parmap._options import MapConfig
+from parmap._scheduler import (
+    MAX_STARTUP_FAILURES,
+    Job,
+    Kill,
+    Retire,
+    Scheduler,
+    Send,
+    Spawn,
+)
+
+
+class Harness:
+    """A scheduler plus a record of what it asked for; time and beacons are ours."""
+
+    def __init__(self, workers: int = 2, *, bad_args: tuple[Any, ...] = (), **kwargs: Any) -> None:
+        self.now = 0.0
+        self.beacons: dict[int, tuple[int, float | None]] = {}
+        self.bad_args = bad_args
+
+        def encode(message: object) -> object:
+            assert isinstance(message, tuple)
+            for arg in message[3]:
+                if arg in self.bad_args:
+                    raise TypeError(f"cannot pickle {arg!r}")
+            return message
+
+        self.sched = Scheduler(
+            workers,
+            encode=encode,
+            beacon=lambda wid: self.beacons.get(wid, (0, None)),
+            **kwargs,
+        )
+        self.log: list[Any] = []
+        self.chunks: dict[int, list[Any]] = {}
+
+    def job(self, inputs: list[Any] | None = None, *, ordered: bool = False, **config: Any) -> Job:
+        job = self.sched.new_job(
+            MapConfig(**config), fn_payload=b"fn", star=False, ordered=ordered, total=None
+        )
+        if inputs is not None:
+            self.sched.feed(job, list(inputs), self.now)
+            self.sched.end_input(job)
+        self.flush()
+        return job
+
+    def flush(self) -> list[Any]:
+        commands = self.sched.take_commands()
+        for cmd in commands:
+            if isinstance(cmd, Send):
+                self.chunks[cmd.wid] = list(cmd.payload[3])  # type: ignore[index]
+            elif isinstance(cmd, Kill | Retire):
+                self.chunks.pop(cmd.wid, None)
+        self.log.extend(commands)
+        return commands
+
+    def report(self, wid: int, values: list[Any], errors: dict[int, BaseException] | None = None):
+        self.sched.on_batch(wid, list(values), errors, busy=0.001 * len(values), now=self.now)
+        return self.flush()
+
+    def finish_all(self, fn: Any = lambda x: x) -> None:
+        """Let every worker complete its chunk, until no work is left."""
+        for _ in range(1000):
+            busy = [wid for wid, chunk in self.chunks.items() if chunk]
+            if not busy:
+                return
+            for wid in busy:
+                chunk = self.chunks.pop(wid)
+                self.report(wid, [fn(x) for x in chunk])
+        raise AssertionError("work never finished")
+
+
+def drain(job: Job) -> tuple[list[Any], dict[int, BaseException]]:
+    values: dict[int, Any] = {}
+    errors: dict[int, BaseException] = {}
+    while (seg := job.take()) is not None:
+        start, vals, errs = seg
+        for i, v in enumerate(vals, start):
+            assert i not in values, f"index {i} emitted twice"
+            values[i] = v
+        errors.update(errs or {})
+    return [values[i] for i in sorted(values)], errors
+
+
+def test_first_job_spawns_the_pool_and_sends_one_chunk_per_worker() -> None:
+    h = Harness(workers=3)
+    h.job(range(10))
+    spawns = [c for c in h.log if isinstance(c, Spawn)]
+    sends = [c for c in h.log if isinstance(c, Send)]
+    assert [s.wid for s in spawns] == [0, 1, 2]
+    assert sorted(s.wid for s in sends) == [0, 1, 2]
+
+
+def test_results_come_back_in_input_order_and_complete() -> None:
+    h = Harness(workers=3)
+    job = h.job(range(50))
+    h.finish_all(lambda x: x * 10)
+    assert job.finished
+    values, errors = drain(job)
+    assert values == [x * 10 for x in range(50)]
+    assert not errors
+
+
+def test_ordered_job_holds_later_segments_until_earlier_ones_arrive() -> None:
+    h = Harness(workers=2)
+    job = h.job(range(2), ordered=True, chunksize=1)
+    assert h.chunks == {0: [0], 1: [1]}
+    h.report(1, ["b"])
+    assert job.take() is None  # input 1 waits for input 0
+    h.report(0, ["a"])
+    assert job.take() == (0, ["a"], None)
+    assert job.take() == (1, ["b"], None)
+
+
+def test_chunks_grow_once_items_prove_fast() -> None:
+    h = Harness(workers=1)
+    h.job(range(10_000))
+    assert h.chunks[0] == [0]  # unknown speed: one item first
+    h.report(0, [0])  # busy 1 ms for one item -> ~20 items per 20 ms chunk
+    assert len(h.chunks[0]) > 1
+
+
+def test_buffer_bounds_how_much_input_is_pulled_ahead_of_the_consumer() -> None:
+    h = Harness(workers=2)
+    job = h.job(buffer=8, chunksize=2)
+    assert h.sched.want(job) == 8
+    h.sched.feed(job, list(range(8)), h.now)
+    h.flush()
+    assert h.sched.want(job) == 0
+    h.finish_all()
+    assert h.sched.want(job) == 0  # done but not consumed yet
+    drain(job)
+    assert h.sched.want(job) == 8
+
+
+def test_timeout_kills_the_worker_fails_the_running_item_and_requeues_the_rest() -> None:
+    h = Harness(workers=1)
+    job = h.job(range(4), timeout=5, chunksize=4, on_error="collect")
+    assert h.chunks[0] == [0, 1, 2, 3]
+    h.report(0, [0])  # item 0 done at t=0
+    h.now = 1.0
+    h.beacons[0] = (2, 1.0)  # item 1 started at t=1 (not yet reported)
+    h.now = 5.5
+    h.sched.on_time(h.now)  # deadline by `since` passed, but item 1 has time left
+    assert not any(isinstance(c, Kill) for c in h.flush())
+    assert h.sched.next_deadline() == pytest.approx(6.0)
+    h.now = 6.0
+    h.sched.on_time(h.now)
+    commands = h.flush()
+    assert Kill(0) in commands
+    assert Spawn(1) in commands
+    assert h.chunks[1] == [2, 3]  # the rest of the chunk goes to the replacement
+    h.report(1, [2, 3])
+    values, errors = drain(job)
+    assert values == [0, None, 2, 3]
+    assert isinstance(errors[1], TaskTimeoutError)
+    assert errors[1].index == 1
+    assert job.finished
+
+
+def test_timeout_blames_the_item_the_beacon_names_even_when_earlier_ones_are_unreported() -> None:
+    h = Harness(workers=1)
+    job = h.job(range(3), timeout=1, chunksize=3, on_error="collect")
+    # Items 0 and 1 finished but their batch is still held by the worker;
+    # item 2 has been running since t=0.2.
+    h.beacons[0] = (3, 0.2)
+    h.now = 1.3
+    h.sched.on_time(h.now)
+    h.flush()
+    assert h.chunks[1] == [0, 1]  # their outcomes died with the worker: run again
+    h.report(1, [0, 1])
+    values, errors = drain(job)
+    assert values == [0, 1, None]
+    assert list(errors) == [2]
+
+
+def test_deadline_is_rechecked_shortly_when_no_item_is_running() -> None:
+    h = Harness(workers=1)
+    h.job(range(1), timeout=10)
+    h.beacons[0] = (0, None)  # still starting up
+    h.now = 10.0
+    h.sched.on_time(h.now)
+    assert not any(isinstance(c, Kill) for c in h.flush())
+    deadline = h.sched.next_deadline()
+    assert deadline is not None and 10.0 < deadline < 10.5
+
+
+def test_crash_fails_only_the_running_item() -> None:
+    h = Harness(workers=2)
+    job = h.job(range(6), chunksize=3, on_error="collect")
+    h.sched.on_ready(0)
+    h.sched.on_ready(1)
+    h.beacons[0] = (2, 0.0)  # running item 1 of its chunk [0, 1, 2]
+    h.report(0, [0])
+    h.sched.on_exit(0, -11, h.now)
+    h.flush()
+    h.finish_all()
+    values, errors = drain(job)
+    assert values == [0, None, 2, 3, 4, 5]
+    assert isinstance(errors[1], WorkerCrashedError)
+    assert errors[1].exitcode == -11
+    assert errors[1].signal is not None and errors[1].signal.name == "SIGSEGV"
+
+
+def test_unexplained_crash_resends_items_one_by_one_to_find_the_culprit() -> None:
+    h = Harness(workers=1)
+    job = h.job(range(3), chunksize=3, on_error="collect")
+    h.sched.on_ready(0)
+    h.beacons[0] = (0, None)  # died before starting any item
+    h.sched.on_exit(0, 1, h.now)
+    h.flush()
+    assert h.chunks[1] == [0]  # sent alone
+    h.sched.on_ready(1)
+    h.report(1, [0])
+    assert h.chunks[1] == [1]
+    h.beacons[1] = (1, None)
+    h.sched.on_exit(1, 1, h.now)  # a lone item that kills its worker is the culprit
+    h.flush()
+    h.finish_all()
+    values, errors = drain(job)
+    assert values == [0, None, 2]
+    assert list(errors) == [1]
+
+
+def test_workers_dying_at_startup_are_not_blamed_and_eventually_break_the_pool() -> None:
+    h = Harness(workers=1)
+    job = h.job(range(2), chunksize=2)
+    for attempt in range(MAX_STARTUP_FAILURES):
+        wid = attempt
+        h.sched.on_exit(wid, 1, h.now)
+        h.flush()
+    assert job.finished
+    assert isinstance(job.error, RuntimeError)
+    assert "starting" in str(job.error)
+    assert job.failures == 0  # no input was blamed
+    later = h.sched.new_job(MapConfig(), fn_payload=None, star=False, ordered=False)
+    assert later.finished and later.error is job.error
+
+
+def test_retries_rerun_raised_errors_up_to_the_limit() -> None:
+    h = Harness(workers=1)
+    job = h.job(range(1), retries=2, on_error="collect")
+    for _ in range(3):
+        h.report(0, [None], {0: ValueError("flaky")})
+    assert job.finished
+    values, errors = drain(job)
+    assert isinstance(errors[0], ValueError)
+    assert sum(isinstance(c, Send) for c in h.log) == 3
+
+
+def test_retry_on_limits_which_errors_are_retried() -> None:
+    h = Harness(workers=1)
+    job = h.job(range(1), retries=3, retry_on=(KeyError,), on_error="collect")
+    h.report(0, [None], {0: ValueError("no retry")})
+    assert job.finished
+    assert sum(isinstance(c, Send) for c in h.log) == 1
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "retried"),
+    [((Exception,), False), ((TaskTimeoutError,), True), ((TimeoutError,), True)],
+)
+def test_timeouts_are_retried_only_when_retry_on_names_them(
+    retry_on: tuple[type[BaseException], ...], retried: bool
+) -> None:
+    h = Harness(workers=1)
+    job = h.job(range(1), timeout=1, retries=1, retry_on=retry_on, on_error="collect")
+    h.beacons[0] = (1, 0.0)
+    h.now = 2.0
+    h.sched.on_time(h.now)
+    h.flush()
+    assert (1 in h.chunks) is retried
+    assert job.finished is not retried
+
+
+def test_raise_mode_stops_the_job_and_kills_only_its_workers() -> None:
+    h = Harness(workers=3)
+    other = h.job(range(1), chunksize=1)
+    job = h.job(range(10), chunksize=1)
+    # Worker 0 runs `other`; workers 1 and 2 run `job`.
+    owners = {wid: chunk for wid, chunk in h.chunks.items()}
+    assert len(owners) == 3
+    job_wids = [wid for wid in h.chunks if wid != 0]
+    error = RuntimeError("boom")
+    h.report(job_wids[0], [None], {0: error})
+    commands = h.flush()
+    assert job.finished and job.error is error
+    killed = {c.wid for c in h.log if isinstance(c, Kill)}
+    assert killed == {job_wids[1]}  # the other in-flight worker of `job`
+    assert not other.finished
+    assert not commands or all(not isinstance(c, Kill) or c.wid != 0 for c in commands)
+
+
+def test_unpicklable_argument_fails_only_its_item() -> None:
+    h = Harness(workers=1, bad_args=("bad",))
+    job = h.job(["a", "bad", "c"], chunksize=3, on_error="collect")
+    h.finish_all()
+    values, errors = drain(job)
+    assert values == ["a", None, "c"]
+    assert "could not be pickled" in str(errors[1])
+
+
+def test_max_tasks_per_worker_retires_and_replaces_workers() -> None:
+    h = Harness(workers=1, max_tasks_per_worker=2)
+    job = h.job(range(5), chunksize=10)
+    assert h.chunks[0] == [0, 1]  # capped by the worker's remaining budget
+    h.report(0, [0, 1])
+    assert Retire(0) in h.log and Spawn(1) in h.log
+    h.finish_all()
+    assert drain(job)[0] == list(range(5))
+
+
+def test_two_jobs_share_the_workers_round_robin() -> None:
+    h = Harness(workers=2)
+    a = h.job(chunksize=1)
+    b = h.job(chunksize=1)
+    h.sched.feed(a, list(range(5)), h.now)  # both idle workers take from `a`
+    h.sched.feed(b, list(range(100, 105)), h.now)
+    h.flush()
+    assert sorted(x for chunk in h.chunks.values() for x in chunk) == [0, 1]
+    h.report(0, h.chunks[0])
+    h.report(1, h.chunks[1])
+    assert sorted(x for chunk in h.chunks.values() for x in chunk) == [2, 100]
+
+
+def test_initializer_failure_breaks_the_pool_and_fails_running_jobs() -> None:
+    h = Harness(workers=2)
+    job = h.job(range(3))
+    h.sched.on_init_failed(0, ValueError("no config"))
+    h.flush()
+    assert job.finished and isinstance(job.error, ValueError)
+    assert not h.sched.slots
+
+
+def test_cancel_kills_the_jobs_workers_and_drops_pending_input() -> None:
+    h = Harness(workers=2)
+    job = h.job(range(100), chunksize=1)
+    h.sched.cancel(job)
+    commands = h.flush()
+    assert {c.wid for c in commands if isinstance(c, Kill)} == {0, 1}
+    assert not job.pending and job.finished
+    assert job not in h.sched.jobs
+
+
+def test_close_retires_idle_workers_and_kills_busy_ones() -> None:
+    h = Harness(workers=2)
+    h.job(range(1), chunksize=1)
+    h.sched.close()
+    commands = h.flush()
+    kinds = {type(c) for c in commands}
+    assert kinds == {Kill, Retire}

@@ -1,0 +1,54 @@
+"""Static typing of the public API, checked by `mypy --strict` in CI.
+
+At run time (as a test module) the assert_type calls are no-ops; mypy is
+what fails when a signature drifts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+from typing_extensions import assert_type
+
+from parmap import MapResult, Outcome, Pool, imap, parallel, pmap
+from parmap._api import ParallelFunction
+
+
+@parallel
+def bare(x: int, scale: float = 1.0) -> str:
+    return str(x * scale)
+
+
+@parallel(workers=2, timeout=5, on_error="collect")
+def configured(x: int) -> int:
+    return x
+
+
+def _length(s: str) -> int:
+    return len(s)
+
+
+def check_types() -> None:
+    assert isinstance(bare, ParallelFunction)
+    assert_type(bare(3), str)
+    # The signature survives decoration: a wrong argument is a type error
+    # (with warn_unused_ignores, this ignore fails the check if it is not).
+    bare("3")  # type: ignore[arg-type]
+    assert_type(bare(3, scale=2.0), str)
+    assert_type(configured(1), int)
+    assert_type(configured.pmap([1, 2]), MapResult[int])
+    assert_type(configured.imap([1, 2], ordered=True), Iterator[Outcome[int]])
+    assert_type(configured.aimap([1, 2]), AsyncIterator[Outcome[int]])
+    assert_type(pmap(_length, ["a"], workers=2), MapResult[int])
+    assert_type(imap(_length, ["a"]), Iterator[Outcome[int]])
+    with Pool(workers=1) as pool:
+        assert_type(pool.pmap(_length, ["a"], timeout=1.0), MapResult[int])
+    res = pmap(_length, ["a"])
+    assert_type(res[0], int)
+    assert_type(res.values, list[int | None])
+    assert_type(res.errors, dict[int, BaseException])
+    assert_type(res.unwrap(), list[int])
+
+
+def test_type_checks_exist() -> None:
+    assert callable(check_types)
