@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
 
 import psutil
 import pytest
-
 
 _MP_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
@@ -57,9 +57,7 @@ def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
         time.sleep(0.05)
     if left:
         for proc in left:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
         names = ", ".join(f"{p.pid}:{p.name()}" for p in left)
         pytest.fail(f"test left child processes behind: {names}")

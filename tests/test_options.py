@@ -48,7 +48,10 @@ def test_bad_options_are_refused_by_every_entry_point(
 
 
 def test_pool_methods_refuse_options_of_the_pool() -> None:
-    with Pool(workers=1) as pool, pytest.raises(TypeError, match="workers is an option of the pool"):
+    with (
+        Pool(workers=1) as pool,
+        pytest.raises(TypeError, match="workers is an option of the pool"),
+    ):
         pool.pmap(square, [1], workers=2)  # type: ignore[call-arg]
 
 

@@ -9,8 +9,17 @@ from pathlib import Path
 import parmap
 
 DOCUMENTED = {
-    "parallel", "pmap", "apmap", "imap", "aimap", "Pool",
-    "MapResult", "Outcome", "TaskTimeoutError", "WorkerCrashedError", "RemoteError",
+    "parallel",
+    "pmap",
+    "apmap",
+    "imap",
+    "aimap",
+    "Pool",
+    "MapResult",
+    "Outcome",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+    "RemoteError",
 }
 
 

@@ -252,7 +252,7 @@ def test_retries_rerun_raised_errors_up_to_the_limit() -> None:
     for _ in range(3):
         h.report(0, [None], {0: ValueError("flaky")})
     assert job.finished
-    values, errors = drain(job)
+    _values, errors = drain(job)
     assert isinstance(errors[0], ValueError)
     assert sum(isinstance(c, Send) for c in h.log) == 3
 
@@ -287,7 +287,7 @@ def test_raise_mode_stops_the_job_and_kills_only_its_workers() -> None:
     other = h.job(range(1), chunksize=1)
     job = h.job(range(10), chunksize=1)
     # Worker 0 runs `other`; workers 1 and 2 run `job`.
-    owners = {wid: chunk for wid, chunk in h.chunks.items()}
+    owners = dict(h.chunks.items())
     assert len(owners) == 3
     job_wids = [wid for wid in h.chunks if wid != 0]
     error = RuntimeError("boom")

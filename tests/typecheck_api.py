@@ -7,8 +7,7 @@ what fails when a signature drifts.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-
-from typing_extensions import assert_type
+from typing import assert_type
 
 from parmap import MapResult, Outcome, Pool, imap, parallel, pmap
 from parmap._api import ParallelFunction

@@ -1,0 +1,391 @@
+"""End-to-end tests of the process engine: the promises of DESIGN.md, with real workers."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from parmap import (
+    MapResult,
+    Pool,
+    RemoteError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    imap,
+    parallel,
+    pmap,
+)
+
+from . import jobs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def seed_expectations(res: MapResult[int]) -> None:
+    assert res.values == [None, 1, 2, None, 4, 5, None, 7, 8, None]
+    assert sorted(res.errors) == [0, 3, 6, 9]
+    for index, error in res.errors.items():
+        assert isinstance(error, RuntimeError)
+        assert str(error) == f"task {index} failed"
+        assert f"parmap: raised for input index {index}" in error.__notes__
+        assert "Traceback" in str(error.__cause__)
+
+
+def test_seed_scenario_module_function() -> None:
+    res = pmap(jobs.fail_every_third, range(10), workers=3, on_error="collect")
+    seed_expectations(res)
+
+
+def test_seed_scenario_decorated() -> None:
+    task = parallel(workers=3, on_error="collect")(jobs.fail_every_third)
+    try:
+        seed_expectations(task.pmap(range(10)))
+        seed_expectations(task.pmap(range(10)))  # the pool is reused
+        assert task(4) == 4  # a plain call runs inline
+    finally:
+        task.close()
+
+
+def test_raise_mode_raises_the_first_failure_with_its_remote_traceback() -> None:
+    with pytest.raises(RuntimeError, match=r"task \d failed") as info:
+        pmap(jobs.fail_every_third, range(10), workers=3)
+    assert "Traceback" in str(info.value.__cause__)
+    assert "fail_every_third" in str(info.value.__cause__)
+
+
+def test_raise_mode_kills_in_flight_work_promptly() -> None:
+    start = time.monotonic()
+    with Pool(workers=3) as pool:
+        with pytest.raises(ValueError, match="first"):
+            pool.pmap(jobs.fail_fast_or_sleep, range(3), chunksize=1)
+        # The pool is still usable afterwards: killed workers were replaced.
+        assert pool.pmap(jobs.square, range(4)).values == [0, 1, 4, 9]
+    assert time.monotonic() - start < 30  # not the 60 s of the sleeping items
+
+
+def test_timed_out_item_stops_running_and_its_worker_is_replaced(tmp_path: Path) -> None:
+    with Pool(workers=2) as pool:
+        res = pool.pmap(
+            jobs.write_pid_then_hang,
+            range(8),
+            [3] * 8,
+            [str(tmp_path)] * 8,
+            timeout=1,
+            on_error="collect",
+            chunksize=4,  # items after the hung one share its chunk: re-sent, not failed
+        )
+        assert res.values == [0, 1, 2, None, 4, 5, 6, 7]
+        error = res.errors[3]
+        assert isinstance(error, TaskTimeoutError) and isinstance(error, TimeoutError)
+        assert error.index == 3 and error.timeout == 1
+        hung_pid = int((tmp_path / "3.pid").read_text())
+        assert not psutil.pid_exists(hung_pid) or psutil.Process(hung_pid).status() == "zombie"
+        # Still two live workers, neither of them the killed one.
+        workers = psutil.Process().children()
+        assert hung_pid not in {p.pid for p in workers}
+
+
+def test_timeout_holds_per_item_inside_a_chunk() -> None:
+    # Four items of 0.6 s in one chunk: each is within a 1 s timeout even
+    # though the chunk as a whole takes 2.4 s.
+    res = pmap(jobs.sleep_return, [0.6] * 4, range(4), workers=1, chunksize=4, timeout=1)
+    assert res.values == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("how", "error", "detail"),
+    [
+        ("raise", RuntimeError, None),
+        ("sys_exit", RemoteError, None),
+        ("os_exit", WorkerCrashedError, 7),
+        ("segfault", WorkerCrashedError, -11),
+        ("sigkill", WorkerCrashedError, -9),
+    ],
+)
+@pytest.mark.parametrize("chunksize", [1, 5])
+def test_a_failing_worker_fails_only_its_own_item(
+    how: str, error: type[BaseException], detail: int | None, chunksize: int
+) -> None:
+    res = pmap(
+        jobs.crash_how,
+        range(10),
+        [how] * 10,
+        [4] * 10,
+        workers=2,
+        chunksize=chunksize,
+        on_error="collect",
+    )
+    assert list(res.errors) == [4]
+    assert res.values[:4] == [0, 1, 2, 3] and res.values[5:] == [5, 6, 7, 8, 9]
+    assert isinstance(res.errors[4], error)
+    if detail is not None:
+        crash = res.errors[4]
+        assert isinstance(crash, WorkerCrashedError)
+        assert crash.exitcode == detail and crash.index == 4
+
+
+def test_worker_dying_while_pickling_a_result_fails_that_item() -> None:
+    res = pmap(jobs.exit_when_result_pickled, range(3), workers=1, chunksize=3, on_error="collect")
+    assert res.values[0] == 0 and res.values[2] == 2
+    assert isinstance(res.errors[1], WorkerCrashedError)
+
+
+def test_worker_dying_while_unpickling_an_argument_fails_that_item() -> None:
+    args: list[Any] = [1, jobs.ExitWhenUnpickled(), 3]
+    res = pmap(jobs.return_it, args, workers=1, chunksize=3, on_error="collect")
+    assert res.values[0] == 1 and res.values[2] == 3
+    assert list(res.errors) == [1]
+    assert isinstance(res.errors[1], WorkerCrashedError)
+
+
+def test_unpicklable_argument_fails_only_its_item() -> None:
+    args: list[Any] = [1, threading.Lock(), 3]
+    res = pmap(jobs.return_it, args, workers=1, on_error="collect")
+    assert res.values == [1, None, 3]
+    assert isinstance(res.errors[1], pickle.PicklingError)
+    assert "input 1" in str(res.errors[1]) and "could not be pickled" in str(res.errors[1])
+
+
+def test_unpicklable_result_fails_only_its_item() -> None:
+    res = pmap(jobs.return_lock, range(3), workers=1, on_error="collect")
+    assert res.values == [0, None, 2]
+    assert "result could not be pickled" in str(res.errors[1])
+
+
+def test_exception_that_cannot_be_unpickled_becomes_remote_error() -> None:
+    res = pmap(jobs.raise_needs_two_args, range(4), workers=2, on_error="collect")
+    assert res.values == [0, 1, None, 3]
+    error = res.errors[2]
+    assert isinstance(error, RemoteError)
+    assert error.type_name == "tests.jobs.NeedsTwoArgs"
+    assert error.message == "needs 1 and 2"
+    assert "raise_needs_two_args" in error.traceback
+
+
+def test_huge_result_arrives() -> None:
+    res = pmap(jobs.big_result, [64, 1], workers=2)
+    assert len(res[0]) == 64 << 20 and len(res[1]) == 1 << 20
+
+
+def test_input_iterator_that_raises_propagates_after_stopping_workers() -> None:
+    def inputs() -> Any:
+        yield from range(5)
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        pmap(jobs.sleep_return, inputs(), workers=2)
+
+
+def test_retries_keep_order_and_lose_or_duplicate_nothing(tmp_path: Path) -> None:
+    res = pmap(
+        jobs.fail_first_attempt,
+        range(30),
+        [str(tmp_path)] * 30,
+        workers=3,
+        retries=1,
+        retry_on=ConnectionError,
+        chunksize=4,
+    )
+    assert res.values == list(range(30))
+
+
+def test_retry_on_leaves_other_errors_alone(tmp_path: Path) -> None:
+    res = pmap(
+        jobs.fail_first_attempt,
+        range(3),
+        [str(tmp_path)] * 3,
+        workers=1,
+        retries=3,
+        retry_on=KeyError,
+        on_error="collect",
+    )
+    assert sorted(res.errors) == [0, 1, 2]
+
+
+def test_imap_yields_in_completion_order_or_input_order() -> None:
+    seconds = [1.5, 0.0, 0.0]
+    unordered = [o.index for o in imap(jobs.sleep_return, seconds, range(3), workers=3)]
+    assert unordered[-1] == 0
+    ordered = [o.index for o in imap(jobs.sleep_return, seconds, range(3), workers=3, ordered=True)]
+    assert ordered == [0, 1, 2]
+
+
+def test_imap_reads_input_lazily_and_stops_when_the_consumer_stops() -> None:
+    pulled = itertools.count()
+
+    def endless() -> Any:
+        for i in itertools.count():
+            next(pulled)
+            yield i
+
+    seen = []
+    for outcome in imap(jobs.square, endless(), workers=2, buffer=16, ordered=True):
+        seen.append(outcome.value)
+        if len(seen) == 100:
+            break
+    assert seen == [i * i for i in range(100)]
+    assert next(pulled) <= 100 + 16 + 1  # bounded by the buffer, not the input
+
+
+def test_parent_memory_is_bounded_by_the_buffer() -> None:
+    # A slow head item must not let outcomes pile up behind it: with ordered
+    # output and buffer=32, at most 32 inputs are pulled ahead of the consumer.
+    pulled = itertools.count()
+
+    def source() -> Any:
+        for i in itertools.count():
+            next(pulled)
+            yield 0.5 if i == 0 else 0.0
+
+    stream = imap(jobs.sleep_return, source(), workers=2, buffer=32, ordered=True)
+    first = next(stream)
+    assert first.index == 0
+    stream.close()  # type: ignore[attr-defined]
+    assert next(pulled) <= 32 + 1
+
+
+def test_chunksize_option_is_honoured() -> None:
+    res = pmap(jobs.getpid, range(20), workers=2, chunksize=10)
+    assert len(set(res.values)) <= 2
+    assert res.values[:10] == [res.values[0]] * 10
+
+
+def test_max_tasks_per_worker_replaces_workers() -> None:
+    res = pmap(jobs.getpid, range(12), workers=1, max_tasks_per_worker=3, chunksize=1)
+    pids = res.values
+    assert len(set(pids)) == 4
+    assert all(pids[i] == pids[i - i % 3] for i in range(12))
+
+
+def test_workers_ignore_sigint_and_sigterm_then_run_the_initializer() -> None:
+    import signal
+
+    with Pool(workers=2, initializer=jobs.remember, initargs=("key", "value")) as pool:
+        assert pool.pmap(jobs.recall, ["key"] * 4).values == ["value"] * 4
+        handlers = pool.pmap(jobs.report_signals, range(2)).values
+    assert all(h == (signal.SIG_IGN, signal.SIG_IGN) for h in handlers)
+    with Pool(workers=1, ignore_signals=False) as pool:
+        ((sigint, _),) = pool.pmap(jobs.report_signals, [0]).values
+    assert sigint is not signal.SIG_IGN
+
+
+def test_initializer_failure_is_a_clear_error() -> None:
+    with Pool(workers=2, initializer=jobs.initializer_fails) as pool:
+        with pytest.raises(LookupError, match="no configuration") as info:
+            pool.pmap(jobs.square, range(4))
+        assert any("initializer" in note for note in info.value.__notes__)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_every_start_method(method: str) -> None:
+    res = pmap(jobs.fail_every_third, range(10), workers=3, start_method=method, on_error="collect")
+    seed_expectations(res)
+    assert jobs.decorated_square.pmap(range(5), start_method=method).values == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_decorated_function_in_a_main_script(method: str, tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from parmap import parallel\n"
+        "@parallel(workers=2)\n"
+        "def triple(x: int) -> int:\n"
+        "    return 3 * x\n"
+        "if __name__ == '__main__':\n"
+        f"    print(triple.pmap(range(5), start_method={method!r}).values)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[0, 3, 6, 9, 12]"
+
+
+def test_lambda_under_spawn_without_cloudpickle_says_what_to_do() -> None:
+    code = (
+        "import sys; sys.modules['cloudpickle'] = None\n"
+        "import parmap\n"
+        "try:\n"
+        "    parmap.pmap(lambda x: x, [1], start_method='spawn', workers=1)\n"
+        "except TypeError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "cannot send function <lambda>" in out.stdout
+    assert "module level" in out.stdout and "cloudpickle" in out.stdout
+
+
+def test_lambda_works_under_fork_with_the_module_function() -> None:
+    assert pmap(lambda x: x + 1, range(3), workers=2, start_method="fork").values == [1, 2, 3]
+
+
+def test_two_threads_share_one_pool() -> None:
+    results: dict[int, list[int | None]] = {}
+    with Pool(workers=2) as pool:
+
+        def run(offset: int) -> None:
+            xs = range(offset, offset + 200)
+            results[offset] = pool.pmap(jobs.sleep_return, [0.001] * 200, xs, chunksize=5).values
+
+        threads = [threading.Thread(target=run, args=(k * 1000,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert results == {k * 1000: list(range(k * 1000, k * 1000 + 200)) for k in range(2)}
+
+
+def test_closed_pool_refuses_work() -> None:
+    pool = Pool(workers=1)
+    pool.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.pmap(jobs.square, [1])
+
+
+def test_decorated_pool_is_restarted_after_close() -> None:
+    task = parallel(workers=1)(jobs.square)
+    assert task.pmap([2]).values == [4]
+    task.close()
+    assert task.pmap([3]).values == [9]
+    task.close()
+
+
+def test_no_process_outlives_a_module_level_map() -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    pmap(jobs.square, range(100), workers=3)
+    after = {p.pid for p in psutil.Process().children(recursive=True) if p.status() != "zombie"}
+    assert after - before == set()
+
+
+def test_parent_killed_hard_leaves_no_orphans(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from parmap import imap\n"
+        "from tests.jobs import sleep_and_pid\n"
+        "for out in imap(sleep_and_pid, [0.0, 0.0] + [60.0] * 4, workers=3):\n"
+        "    print(out.value, flush=True)\n"
+    )
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()  # the pool is up and working
+            workers = psutil.Process(proc.pid).children()
+            assert workers
+            proc.kill()
+            proc.wait(10)
+            _, alive = psutil.wait_procs(workers, timeout=10)
+            assert not alive, f"workers outlived their parent: {alive}"
+        finally:
+            proc.kill()
