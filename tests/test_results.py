@@ -12,6 +12,8 @@ from parmap import MapResult, Outcome, RemoteError, TaskTimeoutError, WorkerCras
 from parmap._results import mark_index, rebuild_error
 from parmap._worker import encode_error
 
+from .jobs import Unloadable
+
 
 def make_result() -> MapResult[int]:
     return MapResult([10, None, 30], {1: ValueError("bad")})
@@ -81,6 +83,7 @@ def test_timeout_and_crash_errors() -> None:
 class Unpicklable(Exception):
     def __init__(self, a: int, b: int) -> None:  # pickle can't rebuild it from args
         super().__init__(f"{a}-{b}")
+        self.token = Unloadable()  # nor can helpers that pickle its __dict__ (tblib)
 
 
 def test_an_exception_keeps_its_type_and_gains_the_remote_traceback() -> None:

@@ -6,7 +6,7 @@ what fails when a signature drifts.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from typing import assert_type
 
 from parmap import MapResult, Outcome, Pool, imap, parallel, pmap
@@ -36,10 +36,10 @@ def check_types() -> None:
     assert_type(bare(3, scale=2.0), str)
     assert_type(configured(1), int)
     assert_type(configured.pmap([1, 2]), MapResult[int])
-    assert_type(configured.imap([1, 2], ordered=True), Iterator[Outcome[int]])
-    assert_type(configured.aimap([1, 2]), AsyncIterator[Outcome[int]])
+    assert_type(configured.imap([1, 2], ordered=True), Generator[Outcome[int], None, None])
+    assert_type(configured.aimap([1, 2]), AsyncGenerator[Outcome[int], None])
     assert_type(pmap(_length, ["a"], workers=2), MapResult[int])
-    assert_type(imap(_length, ["a"]), Iterator[Outcome[int]])
+    assert_type(imap(_length, ["a"]), Generator[Outcome[int], None, None])
     with Pool(workers=1) as pool:
         assert_type(pool.pmap(_length, ["a"], timeout=1.0), MapResult[int])
     res = pmap(_length, ["a"])

@@ -10,9 +10,11 @@ import functools
 import os
 import threading
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Callable,
+    Generator,
     Iterable,
     Iterator,
 )
@@ -100,11 +102,17 @@ class _Call:
         self.total = _length(iterables)
         self.star = len(iterables) > 1
         self.ordered = ordered
+        self.payload: object
         if engine.preload is fn:
-            self.payload: bytes | None = None
+            self.payload = None
+        elif getattr(engine.backend, "in_process", False):
+            # Threads and the caller run the function object itself: nothing
+            # to pickle, and a closure sees the caller's own state.
+            self.payload = fn
         else:
             self.payload = dump_function(fn, getattr(engine.backend, "start_method", None))
-        self.key: object = self.payload if self.payload and len(self.payload) < 512 else fn
+        small = isinstance(self.payload, bytes) and len(self.payload) < 512
+        self.key: object = self.payload if small else fn
 
     def new_job(self) -> Job:
         return self.engine.sched.new_job(
@@ -129,7 +137,7 @@ class _Call:
         )
         return MapResult(values, dict(sorted(errors.items())))
 
-    def stream(self) -> Iterator[Outcome[Any]]:
+    def stream(self) -> Generator[Outcome[Any], None, None]:
         segments = iterate(self.engine, self.new_job, _source(self.iterables), self.progress())
         try:
             yield from outcomes(segments)
@@ -149,7 +157,7 @@ class _Call:
             await segments.aclose()
         return MapResult(values, dict(sorted(errors.items())))
 
-    async def astream(self) -> AsyncIterator[Outcome[Any]]:
+    async def astream(self) -> AsyncGenerator[Outcome[Any], None]:
         segments = aiterate(
             self.engine, self.new_job, _async_source(self.iterables), self.progress()
         )
@@ -238,7 +246,7 @@ class Pool:
         *iterables: Iterable[Any],
         ordered: bool = False,
         **options: Unpack[MapOptions],
-    ) -> Iterator[Outcome[T]]:
+    ) -> Generator[Outcome[T], None, None]:
         """Yield an ``Outcome`` per input as each completes (``ordered=True``: in input order).
 
         Input is read lazily, at most ``buffer`` items ahead of the consumer,
@@ -266,7 +274,7 @@ class Pool:
         *iterables: Iterable[Any] | AsyncIterable[Any],
         ordered: bool = False,
         **options: Unpack[MapOptions],
-    ) -> AsyncIterator[Outcome[T]]:
+    ) -> AsyncGenerator[Outcome[T], None]:
         """Like ``imap``, as an async iterator; inputs may be async iterables."""
         return self._call(fn, iterables, options, ordered=ordered, allow_async=True).astream()
 
@@ -351,7 +359,7 @@ class ParallelFunction(Generic[P, T]):
 
     def imap(
         self, *iterables: Iterable[Any], ordered: bool = False, **options: Unpack[Options]
-    ) -> Iterator[Outcome[T]]:
+    ) -> Generator[Outcome[T], None, None]:
         """Yield outcomes as items complete (see ``parmap.imap``)."""
         call, pool, temporary = self._call(iterables, options, ordered=ordered)
         return _closing(call.stream(), pool if temporary else None)
@@ -372,7 +380,7 @@ class ParallelFunction(Generic[P, T]):
         *iterables: Iterable[Any] | AsyncIterable[Any],
         ordered: bool = False,
         **options: Unpack[Options],
-    ) -> AsyncIterator[Outcome[T]]:
+    ) -> AsyncGenerator[Outcome[T], None]:
         """Async-iterate outcomes as items complete (see ``parmap.aimap``)."""
         call, pool, temporary = self._call(iterables, options, ordered=ordered, allow_async=True)
         return _aclosing(call.astream(), pool if temporary else None)
@@ -391,7 +399,9 @@ def _map_only(options: Options) -> MapOptions:
     return {k: v for k, v in options.items() if k in MAP_OPTIONS}  # type: ignore[return-value]
 
 
-def _closing(stream: Iterator[Outcome[Any]], pool: Pool | None) -> Iterator[Outcome[Any]]:
+def _closing(
+    stream: Generator[Outcome[Any], None, None], pool: Pool | None
+) -> Generator[Outcome[Any], None, None]:
     try:
         yield from stream
     finally:
@@ -403,8 +413,8 @@ def _closing(stream: Iterator[Outcome[Any]], pool: Pool | None) -> Iterator[Outc
 
 
 async def _aclosing(
-    stream: AsyncIterator[Outcome[Any]], pool: Pool | None
-) -> AsyncIterator[Outcome[Any]]:
+    stream: AsyncGenerator[Outcome[Any], None], pool: Pool | None
+) -> AsyncGenerator[Outcome[Any], None]:
     try:
         async for outcome in stream:
             yield outcome
@@ -477,7 +487,7 @@ def imap(
     *iterables: Iterable[Any],
     ordered: bool = False,
     **options: Unpack[Options],
-) -> Iterator[Outcome[T]]:
+) -> Generator[Outcome[T], None, None]:
     """Yield an ``Outcome`` per input as items complete, on a pool made for this call.
 
     ``ordered=True`` yields in input order. Inputs are read lazily (at most
@@ -519,7 +529,7 @@ def aimap(
     *iterables: Iterable[Any] | AsyncIterable[Any],
     ordered: bool = False,
     **options: Unpack[Options],
-) -> AsyncIterator[Outcome[T]]:
+) -> AsyncGenerator[Outcome[T], None]:
     """Async-iterate outcomes of ``fn`` over the inputs (see ``imap``)."""
     pool, map_options = _temporary(fn, options)
     try:

@@ -11,6 +11,7 @@ the job, which kills the workers still running it.
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
 from itertools import islice
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ def _feed(engine: Engine, job: Job, source: Iterator[Any]) -> None:
     try:
         args = list(islice(source, want))
     except BaseException as exc:
-        engine.sched.input_failed(job, exc)
+        engine.sched.input_failed(job, exc, time.monotonic())
         engine.execute()
         raise
     if len(args) < want:
@@ -42,13 +43,20 @@ def _feed(engine: Engine, job: Job, source: Iterator[Any]) -> None:
 def iterate(
     engine: Engine, new_job: Callable[[], Job], source: Iterator[Any], progress: Progress
 ) -> Generator[Segment, None, None]:
-    """Run a job on ``engine`` from the calling thread, yielding segments."""
-    with engine.turn():
-        engine.check_open()
-        job = new_job()
-        engine.execute()
+    """Run a job on ``engine`` from the calling thread, yielding segments.
+
+    Input is read in this thread too: while a slow input iterator is producing
+    its next item, outcomes wait and deadlines are checked late. Use an async
+    source with ``aiterate`` when input arrives slowly.
+    """
+    engine.begin_sync()
+    job: Job | None = None
     completed = False
     try:
+        with engine.turn():
+            engine.check_open()
+            job = new_job()
+            engine.execute()
         while True:
             segment = job.take()
             if segment is not None:
@@ -68,34 +76,38 @@ def iterate(
         completed = True
     finally:
         try:
-            with engine.turn():
-                engine.finish(job, cancel=not completed)
+            if job is not None:
+                with engine.turn():
+                    engine.finish(job, cancel=not completed)
         finally:
+            engine.end_sync()
             progress.close()
 
 
-async def _afeed(engine: Engine, job: Job, source: Iterator[Any] | AsyncIterator[Any]) -> None:
-    want = engine.sched.want(job)
-    if want <= 0:
-        return
-    args: list[Any] = []
+async def _feed_async(engine: Engine, job: Job, source: AsyncIterator[Any]) -> None:
+    """Read an async source item by item, as fast as the buffer allows.
+
+    It runs as its own task so that a source waiting for its next item never
+    holds back outcomes, deadlines or the consumer.
+    """
+    sched = engine.sched
     try:
-        if isinstance(source, AsyncIterator):
+        while not job.closed:
+            if sched.want(job) <= 0:
+                await engine.changed(job)
+                continue
             try:
-                for _ in range(want):
-                    args.append(await anext(source))
+                item = await anext(source)
             except StopAsyncIteration:
-                engine.sched.end_input(job)
-        else:
-            args = list(islice(source, want))
-            if len(args) < want:
-                engine.sched.end_input(job)
+                sched.end_input(job)
+                return
+            sched.feed(job, [item], time.monotonic())
+            engine.execute()
     except Exception as exc:
-        engine.sched.input_failed(job, exc)
+        sched.input_failed(job, exc, time.monotonic())
         engine.execute()
-        raise
-    engine.sched.feed(job, args, time.monotonic())
-    engine.execute()
+    finally:
+        engine.notify(job)
 
 
 async def aiterate(
@@ -104,38 +116,49 @@ async def aiterate(
     source: Iterator[Any] | AsyncIterator[Any],
     progress: Progress,
 ) -> AsyncGenerator[Segment, None]:
-    """Run a job on ``engine`` from the running event loop, yielding segments."""
+    """Run a job on ``engine`` from the running event loop, yielding segments.
+
+    A plain iterable is read on the loop (it must not block); an async one is
+    read by a feeder task.
+    """
     import asyncio
 
     engine.check_open()
-    engine.attach(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    engine.attach(loop)
     completed = False
     job: Job | None = None
+    feeder: asyncio.Task[None] | None = None
     try:
         job = new_job()
-        event = engine.watch(job)
         engine.execute()
+        if isinstance(source, AsyncIterator):
+            feeder = loop.create_task(_feed_async(engine, job, source))
         while True:
             segment = job.take()
             if segment is not None:
+                engine.notify(job)  # room in the buffer: wake the feeder
                 progress.update(job)
                 yield segment
                 continue
             if job.finished:
                 break
-            await _afeed(engine, job, source)
-            if job.ready or job.finished or engine.sched.want(job) > 0:
-                continue
-            event.clear()
-            await event.wait()
+            if feeder is None:
+                _feed(engine, job, source)  # type: ignore[arg-type]
+                if job.ready or job.finished:
+                    continue
+            await engine.changed(job)
         progress.update(job)
         if job.error is not None:
             raise job.error
         completed = True
     finally:
         try:
+            if feeder is not None and not feeder.done():
+                feeder.cancel()
+                with suppress(asyncio.CancelledError):
+                    await feeder
             if job is not None:
-                engine.unwatch(job)
                 engine.finish(job, cancel=not completed)
         finally:
             engine.detach()

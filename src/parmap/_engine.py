@@ -59,28 +59,34 @@ class Engine:
         self.backend: Backend = make_backend(config, preload=preload)
         # The backend says whether workers really have it (only under fork).
         self.preload = self.backend.preload
+        # Backends other than processes may size the pool themselves (serial
+        # has one slot, dask asks its cluster) and may be unable to say which
+        # item of a chunk is running (see Scheduler).
         self.sched = Scheduler(
-            config.resolved_workers,
+            getattr(self.backend, "workers", config.resolved_workers),
             encode=self.backend.encode,
             beacon=self.backend.beacon,
             max_tasks_per_worker=config.max_tasks_per_worker,
+            item_beacon=getattr(self.backend, "item_beacon", True),
         )
         self.backend.on_discard = self._on_discard
         self.closed = False
-        # Sync turn-taking.
+        # Who drives the pool: blocking maps (counted) or one event loop.
+        self._mode = threading.Lock()
+        self._sync_maps = 0
+        # Sync turn-taking; the self-pipe is made on first use, so a map that
+        # is never iterated holds no descriptors.
         self._turn = threading.Lock()
         self._waiting = 0
         self._waiting_lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake: tuple[int, int] | None = None
         # Async attachment.
         self.loop: asyncio.AbstractEventLoop | None = None
         self._async_users = 0
         self._registered: dict[Waitable, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._watchers: dict[Job, asyncio.Event] = {}
+        self._waiters: dict[Job, list[asyncio.Future[None]]] = {}
         _live_engines.add(self)
 
     # -------------------------------------------------------------- commands
@@ -111,8 +117,9 @@ class Engine:
 
     def finish(self, job: Job, *, cancel: bool) -> None:
         """The consumer of ``job`` is done with it; with ``cancel``, stop its work."""
+        self._waiters.pop(job, None)
         if cancel and not job.done:
-            self.sched.cancel(job)
+            self.sched.cancel(job, time.monotonic())
         else:
             self.sched.remove(job)
         if not self.closed:
@@ -126,27 +133,47 @@ class Engine:
         self.sched.close()
         self.execute()
         self.backend.close()
-        self._notify()
+        self.notify()
         self._detach_all()
-        for fd in (self._wake_r, self._wake_w):
-            with suppress(OSError):
-                os.close(fd)
+        if self._wake is not None:
+            for fd in self._wake:
+                with suppress(OSError):
+                    os.close(fd)
         _live_engines.discard(self)
 
     # ------------------------------------------------------------- sync side
+    def begin_sync(self) -> None:
+        """A blocking map starts; refused while an event loop drives the pool."""
+        with self._mode:
+            if self.loop is not None:
+                raise PoolInUseError(
+                    "this pool is serving an asyncio event loop; a blocking map cannot use it "
+                    "at the same time (use a separate Pool)"
+                )
+            self._sync_maps += 1
+
+    def end_sync(self) -> None:
+        """A blocking map is over."""
+        with self._mode:
+            self._sync_maps -= 1
+
+    def _wake_fds(self) -> tuple[int, int]:
+        with self._waiting_lock:
+            if self._wake is None:
+                r, w = os.pipe()
+                os.set_blocking(r, False)
+                os.set_blocking(w, False)
+                self._wake = (r, w)
+            return self._wake
+
     @contextmanager
     def turn(self) -> Iterator[None]:
         """Hold the right to pump this pool from the current thread."""
-        if self.loop is not None:
-            raise PoolInUseError(
-                "this pool is serving an asyncio event loop; a blocking map cannot use it "
-                "at the same time (use a separate Pool)"
-            )
         if not self._turn.acquire(blocking=False):
             with self._waiting_lock:
                 self._waiting += 1
             with suppress(OSError):
-                os.write(self._wake_w, b"x")
+                os.write(self._wake_fds()[1], b"x")
             try:
                 self._turn.acquire()
             finally:
@@ -169,12 +196,13 @@ class Engine:
         waitables: list[Any] = self.backend.waitables()
         if not waitables and timeout is None:
             timeout = 0.05  # nothing to watch (all workers being replaced)
-        waitables.append(self._wake_r)
+        wake_r = self._wake_fds()[0]
+        waitables.append(wake_r)
         ready = mp_wait(waitables, timeout)
         now = time.monotonic()
         for waitable in ready:
-            if waitable == self._wake_r:
-                self._drain_wakeups()
+            if waitable == wake_r:
+                self._drain_wakeups(wake_r)
                 continue
             self.backend.handle(waitable, sched, now)  # type: ignore[arg-type]
             self.execute()
@@ -182,27 +210,35 @@ class Engine:
             sched.on_time(now)
         self.execute()
 
-    def _drain_wakeups(self) -> None:
-        try:
-            while os.read(self._wake_r, 512):
+    @staticmethod
+    def _drain_wakeups(fd: int) -> None:
+        with suppress(OSError):
+            while os.read(fd, 512):
                 pass
-        except OSError:
-            pass
 
     # ------------------------------------------------------------ async side
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Serve ``loop``: watch the backend's descriptors on it."""
-        if self.loop is None:
-            if self._turn.locked():
+        with self._mode:
+            if self._sync_maps:
                 raise PoolInUseError(
-                    "this pool is running a blocking map in another thread; an async map "
-                    "cannot use it at the same time (use a separate Pool)"
+                    "this pool is running a blocking map; an async map cannot use it at the "
+                    "same time (use a separate Pool)"
                 )
+            if self.loop is not None and self.loop is not loop:
+                raise PoolInUseError("this pool is already serving another event loop")
+            first = self.loop is None
             self.loop = loop
-            self._sync_readers()
+        if first:
+            try:
+                self._sync_readers()
+            except NotImplementedError:
+                self._detach_all()
+                raise RuntimeError(
+                    f"parmap needs an event loop that can watch file descriptors "
+                    f"(loop.add_reader); {type(loop).__name__} cannot"
+                ) from None
             self._schedule_timer()
-        elif self.loop is not loop:
-            raise PoolInUseError("this pool is already serving another event loop")
         self._async_users += 1
 
     def detach(self) -> None:
@@ -224,14 +260,28 @@ class Engine:
         self._async_users = 0
         self.loop = None
 
-    def watch(self, job: Job) -> asyncio.Event:
-        """An event set whenever ``job`` may have progressed."""
-        event = self._watchers[job] = asyncio.Event()
-        return event
+    def changed(self, job: Job) -> asyncio.Future[None]:
+        """A future resolved the next time ``job`` may have progressed.
 
-    def unwatch(self, job: Job) -> None:
-        """Stop notifying about ``job``."""
-        self._watchers.pop(job, None)
+        Resolved when the job has outcomes ready, has finished, or has room
+        for more input; waiters re-check what they wait for.
+        """
+        assert self.loop is not None
+        future: asyncio.Future[None] = self.loop.create_future()
+        self._waiters.setdefault(job, []).append(future)
+        return future
+
+    def notify(self, job: Job | None = None) -> None:
+        """Wake the waiters of ``job`` (of every job that progressed, by default)."""
+        want = self.sched.want
+        for waited, futures in list(self._waiters.items()):
+            if job is waited or (
+                job is None and (waited.ready or waited.finished or want(waited) > 0)
+            ):
+                del self._waiters[waited]
+                for future in futures:
+                    if not future.done():
+                        future.set_result(None)
 
     def _on_discard(self, waitables: list[Waitable]) -> None:
         if self.loop is None:
@@ -280,14 +330,8 @@ class Engine:
             step(time.monotonic())
             self.execute()
         except BaseException as exc:
-            for job in list(self._watchers):
-                self.sched.input_failed(job, exc)
-            self._notify()
+            for job in list(self._waiters):
+                self.sched.input_failed(job, exc, time.monotonic())
+            self.notify()
             raise
-        self._notify()
-
-    def _notify(self) -> None:
-        want = self.sched.want
-        for job, event in self._watchers.items():
-            if job.ready or job.finished or want(job) > 0:
-                event.set()
+        self.notify()

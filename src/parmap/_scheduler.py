@@ -148,7 +148,7 @@ class Job:
         jid: int,
         config: MapConfig,
         *,
-        fn_payload: bytes | None,
+        fn_payload: object,
         star: bool,
         ordered: bool,
         total: int | None = None,
@@ -224,7 +224,10 @@ class Scheduler:
     ``workers`` is the pool size; ``encode`` turns a chunk message into bytes
     (bytes for a pipe, or the message itself for an in-process backend; it
     may raise for unpicklable arguments); ``beacon(wid)`` reads what a
-    worker is running (see ``Beacon``).
+    worker is running (see ``Beacon``). ``item_beacon=False`` says the
+    beacon cannot tell which item of a chunk is running (an executor's or
+    dask's future runs a whole chunk): maps with a timeout then get one item
+    per chunk, unless they set ``chunksize``, so that timeouts stay per item.
     """
 
     def __init__(
@@ -234,10 +237,12 @@ class Scheduler:
         encode: Callable[[object], object],
         beacon: Callable[[int], Beacon],
         max_tasks_per_worker: int | None = None,
+        item_beacon: bool = True,
     ) -> None:
         self.workers = workers
         self._encode = encode
         self._beacon = beacon
+        self._item_beacon = item_beacon
         self._max_tasks = max_tasks_per_worker
         self.slots: dict[int, Slot] = {}
         self._tasks: dict[int, int] = {}  # wid -> items run, for max_tasks_per_worker
@@ -250,6 +255,7 @@ class Scheduler:
         self._item_times: dict[object, float] = {}
         self.closing = False
         self.broken: BaseException | None = None
+        self._now = 0.0  # the latest time an event carried
 
     # ----------------------------------------------------------------- helpers
     def take_commands(self) -> list[Command]:
@@ -363,9 +369,20 @@ class Scheduler:
 
     def feed(self, job: Job, args: list[Any], now: float) -> None:
         """Add inputs (in order) to ``job``."""
+        self._now = now
         if job.closed or not args:
             return
-        job.pending.append(Run(job.pulled, args))
+        last = job.pending[-1] if job.pending else None
+        if (
+            last is not None
+            and not last.attempt
+            and not last.solo
+            and last.start + len(last.args) == job.pulled
+        ):
+            # Inputs fed one by one (an async source) still leave in chunks.
+            last.args.extend(args)
+        else:
+            job.pending.append(Run(job.pulled, args))
         job.pulled += len(args)
         self._dispatch(now)
 
@@ -373,14 +390,19 @@ class Scheduler:
         """The job's input is exhausted."""
         job.exhausted = True
 
-    def input_failed(self, job: Job, error: BaseException) -> None:
+    def input_failed(self, job: Job, error: BaseException, now: float | None = None) -> None:
         """Reading the job's input raised: the job stops with that error."""
         self._abort(job, error)
+        self._dispatch(self._now if now is None else now)
 
-    def cancel(self, job: Job) -> None:
-        """The consumer is gone: kill the job's work and forget it."""
+    def cancel(self, job: Job, now: float | None = None) -> None:
+        """The consumer is gone: kill the job's work and forget it.
+
+        The workers it frees (or their replacements) go to the other jobs.
+        """
         self._abort(job, job.error)
         self.remove(job)
+        self._dispatch(self._now if now is None else now)
 
     def remove(self, job: Job) -> None:
         """Forget a finished job."""
@@ -391,6 +413,8 @@ class Scheduler:
     def _chunksize(self, job: Job, *, cap_by_total: bool = True) -> int:
         if job.config.chunksize is not None:
             return job.config.chunksize
+        if job.config.timeout is not None and not self._item_beacon:
+            return 1
         if job.item_time is None:
             return 1
         size = TARGET_CHUNK_SECONDS / max(job.item_time, 1e-9)
@@ -505,6 +529,7 @@ class Scheduler:
         ``errors`` maps positions in ``values`` to the exception of that item;
         ``busy`` is the time the worker spent running these items.
         """
+        self._now = now
         slot = self.slots.get(wid)
         if slot is None or slot.chunk is None or not values:
             return
@@ -630,6 +655,7 @@ class Scheduler:
 
     def on_time(self, now: float) -> None:
         """Check deadlines: kill workers whose current item ran out of time."""
+        self._now = now
         for slot in list(self.slots.values()):
             chunk = slot.chunk
             if chunk is None or slot.wid not in self.slots:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ._results import ErrorPayload
+from ._results import ErrorPayload, rebuild_error
 
 READY, BATCH, INIT_FAILED = 0, 1, 2
 FLUSH_SECONDS = 0.005
@@ -241,3 +241,137 @@ def worker_main(
         worker.run(getattr(preload, "__parmap_inline__", preload))
     except (BrokenPipeError, ConnectionResetError):
         return
+
+
+# ------------------------------------------------------- chunks run elsewhere
+# An executor's or dask's worker runs a chunk as one call in a process or
+# thread that parmap does not own: no pipe and no beacon, so the outcomes come
+# back together as the call's return value. The rules are the worker loop's:
+# every exception is caught and made safe to send, and every result that is
+# not a plain value is pickled on its own, so one bad item fails only itself.
+
+Batch = tuple[list[Any], dict[int, ErrorPayload] | None, list[int] | None, float]
+"""The body of a ``BATCH`` message: values, error payloads by position, the
+positions of values pickled on their own, and the seconds spent running."""
+
+_LOADED: dict[bytes, Callable[..., Any]] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def encode_outcomes(
+    values: list[Any],
+) -> tuple[list[Any], dict[int, ErrorPayload] | None, list[int] | None]:
+    """Make outcomes safe to send: ``_Failed`` markers become error payloads,
+    values that are not plain are pickled one by one (in place)."""
+    errors: dict[int, ErrorPayload] | None = None
+    pickled: list[int] | None = None
+    for i, value in enumerate(values):
+        kind = type(value)
+        if kind in _SIMPLE:
+            continue
+        if kind is _Failed:
+            errors = errors or {}
+            errors[i] = value.payload
+            values[i] = None
+            continue
+        try:
+            values[i] = pickle.dumps(value, PROTOCOL)
+        except BaseException as exc:
+            error = pickle.PicklingError(
+                f"the result could not be pickled ({type(exc).__name__}: {exc})"
+            )
+            errors = errors or {}
+            errors[i] = encode_error(error)
+            values[i] = None
+        else:
+            pickled = pickled or []
+            pickled.append(i)
+    return values, errors, pickled
+
+
+def load_function(payload: bytes) -> Callable[..., Any]:
+    """Unpickle a map's function (cached: every chunk carries it again).
+
+    A function that cannot be unpickled becomes one that raises why, so each
+    item fails with the reason instead of the whole chunk.
+    """
+    with _LOADED_LOCK:
+        known = _LOADED.get(payload)
+    if known is not None:
+        return known
+    try:
+        loaded = pickle.loads(payload)
+    except BaseException as exc:
+        return _raiser(exc)
+    fn: Callable[..., Any] = getattr(loaded, "__parmap_inline__", loaded)
+    with _LOADED_LOCK:
+        if len(_LOADED) >= 16:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[payload] = fn
+    return fn
+
+
+def run_chunk(data: bytes) -> Batch:
+    """Run a pickled chunk right here and return its outcomes as a ``Batch``.
+
+    ``data`` pickles ``(function_payload, star, [args, ...])``. An executor's
+    or dask's worker calls this; it never raises for an item, only when
+    ``data`` itself cannot be unpickled.
+    """
+    payload, star, chunk = pickle.loads(data)
+    fn = load_function(payload)
+    monotonic = time.monotonic
+    values: list[Any] = []
+    busy = 0.0
+    for args in chunk:
+        t0 = monotonic()
+        try:
+            value = fn(*args) if star else fn(args)
+        except BaseException as exc:
+            value = _Failed(encode_error(exc))
+        busy += monotonic() - t0
+        values.append(value)
+    values, errors, pickled = encode_outcomes(values)
+    return values, errors, pickled, busy
+
+
+def _without_frames(exc: BaseException) -> BaseException:
+    """Drop tracebacks that unpickling made up (``tblib``, which dask installs).
+
+    Their frames are chained to the frames that unpickled them, which pin
+    whatever those held (a dask future, and so its task on the cluster) for
+    as long as the error is kept. The remote traceback stays, as text, in
+    ``__cause__``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__context__
+    return exc
+
+
+def decode_batch(
+    values: list[Any], errors: dict[int, ErrorPayload] | None, pickled: list[int] | None
+) -> tuple[list[Any], dict[int, BaseException] | None]:
+    """The parent's half of a ``Batch``: rebuild the errors, unpickle the values.
+
+    A value that cannot be unpickled here fails its own item with
+    ``pickle.UnpicklingError``.
+    """
+    rebuilt: dict[int, BaseException] | None = None
+    if errors:
+        rebuilt = {pos: _without_frames(rebuild_error(payload)) for pos, payload in errors.items()}
+    for pos in pickled or ():
+        try:
+            values[pos] = pickle.loads(values[pos])
+        except Exception as exc:
+            values[pos] = None
+            error = pickle.UnpicklingError(
+                f"the result could not be unpickled in the parent ({type(exc).__name__}: {exc})"
+            )
+            error.__cause__ = exc
+            rebuilt = rebuilt or {}
+            rebuilt[pos] = error
+    return values, rebuilt

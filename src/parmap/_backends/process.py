@@ -72,6 +72,7 @@ class ProcessBackend:
         self.preload = preload if self.start_method == "fork" else None
         self._procs: dict[int, _Proc] = {}
         self._by_waitable: dict[Waitable, int] = {}
+        self._retiring: list[BaseProcess] = []
         self.on_discard: Callable[[list[Waitable]], None] = lambda waitables: None
 
     # ------------------------------------------------------------- lifecycle
@@ -81,6 +82,7 @@ class ProcessBackend:
 
     def spawn(self, wid: int) -> None:
         """Start worker ``wid``."""
+        self._reap_retired()
         ctx = self._ctx
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         beacon = ctx.RawArray("d", 2)
@@ -125,10 +127,20 @@ class ProcessBackend:
             stop_process(entry.process, force=True)
 
     def retire(self, wid: int) -> None:
-        """Ask idle worker ``wid`` to exit, and reap it."""
+        """Ask idle worker ``wid`` to exit; it is reaped later, without waiting now."""
         entry = self._discard(wid, tell=True)
         if entry is not None:
-            stop_process(entry.process, force=False)
+            self._retiring.append(entry.process)
+        self._reap_retired()
+
+    def _reap_retired(self) -> None:
+        still = []
+        for proc in self._retiring:
+            if proc.exitcode is None:  # exitcode polls without blocking
+                still.append(proc)
+            else:
+                stop_process(proc, force=False)
+        self._retiring = still
 
     def _discard(self, wid: int, *, tell: bool) -> _Proc | None:
         entry = self._procs.pop(wid, None)
@@ -149,6 +161,9 @@ class ProcessBackend:
         """Stop every worker (the scheduler already retired or killed them)."""
         for wid in list(self._procs):
             self.kill(wid)
+        retiring, self._retiring = self._retiring, []
+        for proc in retiring:
+            stop_process(proc, force=False)
 
     # --------------------------------------------------------------- reading
     def waitables(self) -> list[Waitable]:
