@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+from parmap import parallel
+
 NOT_CALLABLE = 42
 
 
@@ -72,3 +74,16 @@ def fail_once(path: str) -> str:
     except FileExistsError:
         return "second try"
     raise RuntimeError("first try")
+
+
+def crash(line: str) -> str:
+    """Kill the worker abruptly on the line ``crash``."""
+    if line == "crash":
+        os._exit(3)
+    return line
+
+
+@parallel(workers=2)
+def shout(line: str) -> str:
+    """A decorated function: the CLI maps it like any other."""
+    return line.upper() + "!"

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from parmap.__main__ import main
@@ -27,23 +30,60 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     paths = [str(TESTS), str(SRC), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    env.pop("PYTHONIOENCODING", None)
     return env
+
+
+def _start(command: list[str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    # A session of its own lets the test find the command's workers even
+    # after the command has exited and they were re-parented.
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=cwd or TESTS,
+        start_new_session=True,
+    )
+
+
+def assert_no_processes_left(session: int) -> None:
+    """Fail if a process of ``session`` (the command's workers) outlived the command."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        left = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == session and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(proc)
+            except (psutil.Error, OSError):
+                pass
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for proc in left:
+        proc.kill()
+    assert not left, f"processes outlived the command: {left}"
+
+
+def run_command(
+    command: list[str], stdin: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    with _start(command, cwd) as proc:
+        try:
+            stdout, stderr = proc.communicate(stdin, timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert_no_processes_left(proc.pid)
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def run_cli(
     *args: str, stdin: str = "", cwd: Path | None = None, python_flags: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *python_flags, "-m", "parmap", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=_env(),
-        cwd=cwd or TESTS,
-        check=False,
-    )
+    return run_command([sys.executable, *python_flags, "-m", "parmap", *args], stdin, cwd)
 
 
 def records(stdout: str) -> list[dict[str, Any]]:
@@ -179,6 +219,21 @@ def test_timeout_kills_the_item_and_reports_it() -> None:
     assert out[2] == {"index": 2, "value": "b"}
 
 
+def test_a_crashed_worker_fails_only_its_item() -> None:
+    proc = run_cli("run", "cli_tasks:crash", "--workers", "2", stdin="a\ncrash\nb\n")
+    assert proc.returncode == 1, proc.stderr
+    out = records(proc.stdout)
+    assert out[1]["error"]["type"] == "WorkerCrashedError"
+    assert [out[0], out[2]] == [{"index": 0, "value": "a"}, {"index": 2, "value": "b"}]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_decorated_function(method: str) -> None:
+    proc = run_cli("run", "cli_tasks:shout", "--start-method", method, stdin="hey\n")
+    assert proc.returncode == 0, proc.stderr
+    assert records(proc.stdout) == [{"index": 0, "value": "HEY!"}]
+
+
 def test_retries_run_a_failed_item_again(tmp_path: Path) -> None:
     marker = tmp_path / "seen"
     proc = run_cli("run", "cli_tasks:fail_once", "--retries", "1", stdin=f"{marker}\n")
@@ -198,15 +253,7 @@ def test_unordered_writes_results_as_they_complete(tmp_path: Path) -> None:
     # read item 1's line, so item 1 must come out first.
     gate = tmp_path / "gate"
     command = ["run", "cli_tasks:wait_for", "--unordered", "--workers", "2"]
-    with subprocess.Popen(
-        [sys.executable, "-m", "parmap", *command],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        cwd=TESTS,
-    ) as proc:
+    with _start([sys.executable, "-m", "parmap", *command]) as proc:
         assert proc.stdin is not None
         assert proc.stdout is not None
         try:
@@ -219,9 +266,31 @@ def test_unordered_writes_results_as_they_complete(tmp_path: Path) -> None:
         finally:
             gate.touch()
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert_no_processes_left(proc.pid)
     assert first == {"index": 1, "value": "fast"}
     assert second == {"index": 0, "value": "released"}
+
+
+def test_ctrl_c_stops_the_command_and_its_workers() -> None:
+    with _start(
+        [sys.executable, "-m", "parmap", "run", "cli_tasks:hang", "--workers", "2"]
+    ) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            proc.stdin.write("a\nhang\nhang\n")
+            proc.stdin.close()
+            # Once a's line is out, the map runs and both workers exist.
+            assert json.loads(proc.stdout.readline()) == {"index": 0, "value": "a"}
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=TIMEOUT) == 130
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        stderr = proc.stderr.read() if proc.stderr else ""
+    assert_no_processes_left(proc.pid)
+    assert stderr == "parmap: interrupted\n"
 
 
 def test_chunksize_and_progress(tmp_path: Path) -> None:
@@ -353,16 +422,7 @@ def test_console_script() -> None:
     script = Path(sys.executable).with_name("parmap")
     if not script.exists():
         pytest.skip("the parmap console script is not installed next to this Python")
-    proc = subprocess.run(
-        [str(script), "run", "cli_tasks:upper"],
-        input="q\n",
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=_env(),
-        cwd=TESTS,
-        check=False,
-    )
+    proc = run_command([str(script), "run", "cli_tasks:upper"], stdin="q\n")
     assert proc.returncode == 0, proc.stderr
     assert records(proc.stdout) == [{"index": 0, "value": "Q"}]
 

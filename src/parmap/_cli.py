@@ -142,11 +142,11 @@ def _decode(text: str, *, as_json: bool) -> Item:
     return (value,), {}
 
 
-def _safe_str(obj: object, fallback: Callable[[object], str] = repr) -> str:
+def _safe_str(obj: object, convert: Callable[[object], str] = repr) -> str:
     # str() or repr() of a user's object can itself raise; a result line must
     # still be written.
     try:
-        return fallback(obj)
+        return convert(obj)
     except Exception:
         return f"<unprintable {type(obj).__name__}>"
 
@@ -186,7 +186,8 @@ def _load_function(target: str) -> Callable[..., Any]:
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and module_name.startswith(exc.name):
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
             raise UsageError(f"cannot import module {module_name!r}: {exc}") from None
         raise UsageError(f"error while importing {module_name!r}: {exc}") from None
     except Exception as exc:  # the module's own code failed while importing
