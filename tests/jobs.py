@@ -136,9 +136,23 @@ def return_lock(x: int) -> Any:
     return threading.Lock() if x == 1 else x
 
 
+def _refuse_to_load() -> None:
+    raise RuntimeError("this object cannot be unpickled")
+
+
+class Unloadable:
+    """Pickles fine, but loading it raises, whatever pickling helpers are installed."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_load, ())
+
+
 class NeedsTwoArgs(Exception):
+    """An exception that cannot be rebuilt from its pickle (dask's tblib or not)."""
+
     def __init__(self, a: int, b: int) -> None:
         super().__init__(f"needs {a} and {b}")
+        self.token = Unloadable()
 
 
 def raise_needs_two_args(x: int) -> int:
@@ -220,7 +234,9 @@ def async_logged_sleep(log: str, label: str, index: int, seconds: float) -> tupl
 
 
 @parallel(workers=2)
-def async_decorated_logged_sleep(log: str, label: str, index: int, seconds: float) -> tuple[str, int]:
+def async_decorated_logged_sleep(
+    log: str, label: str, index: int, seconds: float
+) -> tuple[str, int]:
     return async_logged_sleep(log, label, index, seconds)
 
 
@@ -237,3 +253,201 @@ def async_wait_for(index: int, release: str | None, done_dir: str) -> int:
 
 def exit_when_result_pickled(x: int) -> Any:
     return ExitWhenPickled() if x == 1 else x
+
+
+def async_sleep_or_raise(marker_dir: str, index: int, seconds: float) -> int:
+    """Like ``async_marked_sleep``; a negative ``seconds`` raises once input 1 is running."""
+    if seconds >= 0:
+        return async_marked_sleep(marker_dir, index, seconds)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(marker_dir, "1.pid")):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    raise ValueError(f"input {index} failed")
+
+
+# --- hardening: chaos, soak, signals, threads, bad input (tests/test_chaos.py, ...) ---
+
+
+def hard_chaos(index: int, kind: str) -> int:
+    """Return ``2 * index``, or misbehave as ``kind`` says."""
+    if kind == "raise":
+        raise RuntimeError(f"chaos item {index} raised")
+    if kind == "hang":
+        time.sleep(3600)
+    elif kind == "exit":
+        os._exit(7)
+    elif kind == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return 2 * index
+
+
+def hard_raise_base(kind: str) -> None:
+    """Raise a BaseException that is not an Exception."""
+    if kind == "SystemExit":
+        raise SystemExit(3)
+    if kind == "exit":
+        import sys
+
+        sys.exit("task called sys.exit")
+    if kind == "KeyboardInterrupt":
+        raise KeyboardInterrupt("pressed inside a task")
+    if kind == "GeneratorExit":
+        raise GeneratorExit("odd but legal")
+    if kind == "custom":
+        raise HardBaseError("not an Exception")
+
+
+class HardBaseError(BaseException):
+    """A user-defined BaseException (not an Exception)."""
+
+
+class HardBrokenReduceError(Exception):
+    """An exception whose pickling raises."""
+
+    def __reduce__(self) -> Any:
+        raise RuntimeError("this exception refuses to be pickled")
+
+
+def hard_raise_broken_reduce(x: int) -> int:
+    if x == 1:
+        raise HardBrokenReduceError(f"broken reduce at {x}")
+    return x
+
+
+def _hard_rebuild_only_in_a_worker(message: str) -> HardWorkerOnlyError:
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None:
+        raise RuntimeError("this exception can only be rebuilt inside a worker")
+    return HardWorkerOnlyError(message)
+
+
+class HardWorkerOnlyError(Exception):
+    """An exception that round-trips in the worker but cannot be unpickled in the parent."""
+
+    def __reduce__(self) -> Any:
+        return (_hard_rebuild_only_in_a_worker, (str(self),))
+
+
+def hard_raise_worker_only(x: int) -> int:
+    if x == 1:
+        raise HardWorkerOnlyError(f"worker-only error at {x}")
+    return x
+
+
+def _hard_refuse(message: str) -> Any:
+    raise ValueError(message)
+
+
+class HardLoadRaises:
+    """Pickles fine; unpickling it raises ValueError (in the worker, as an argument)."""
+
+    def __reduce__(self) -> Any:
+        return (_hard_refuse, ("this argument cannot be rebuilt",))
+
+
+class HardDumpRaises:
+    """Pickling it raises."""
+
+    def __reduce__(self) -> Any:
+        raise RuntimeError("this object refuses to be pickled")
+
+
+class HardExitOnLoad:
+    """Unpickling it raises SystemExit (as a result, that is in the parent)."""
+
+    def __reduce__(self) -> Any:
+        import sys
+
+        return (sys.exit, ("unpickling this result called sys.exit",))
+
+
+def hard_return_odd(x: int, kind: str) -> Any:
+    """Return ``x``, except for input 1, which returns an odd object."""
+    if x != 1:
+        return x
+    return {"dump_raises": HardDumpRaises, "exit_on_load": HardExitOnLoad}[kind]()
+
+
+def hard_spin(seconds: float) -> int:
+    """Burn CPU for ``seconds``; return this process's pid."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return os.getpid()
+
+
+def hard_nested_pmap(n: int, start_method: str | None = None) -> tuple[list[Any], list[int], int]:
+    """Run a pmap inside a worker: (values, inner worker pids, this worker's pid)."""
+    from parmap import pmap
+
+    values = pmap(square, range(n), workers=2, start_method=start_method).values
+    pids = pmap(sleep_and_pid, [0.05] * 4, workers=2, start_method=start_method).values
+    return values, sorted({p for p in pids if p is not None}), os.getpid()
+
+
+def hard_nested_hang(marker_dir: str) -> None:
+    """Start an inner pool whose items hang (the outer item will time out)."""
+    from parmap import pmap
+
+    pmap(async_marked_sleep, [marker_dir] * 2, range(2), [3600.0] * 2, workers=2)
+
+
+def hard_nested_decorated(n: int) -> list[Any]:
+    """Use a @parallel function's long-lived pool inside a worker."""
+    return decorated_square.pmap(range(n)).values
+
+
+# --- backends (tests/test_backends.py, tests/test_dask.py) -------------------
+
+
+def backends_sleep_on(x: int, on: int, seconds: float) -> int:
+    """Return ``x``; first sleep ``seconds`` when ``x == on``."""
+    if x == on:
+        time.sleep(seconds)
+    return x
+
+
+def backends_where(_: Any = None) -> tuple[int, str]:
+    """The process and the thread that ran this item."""
+    import threading
+
+    return os.getpid(), threading.current_thread().name
+
+
+def backends_slow_then_mark(x: int, seconds: float, marker_dir: str) -> int:
+    """Sleep, then record that ``x`` ran to its end (abandoned work is not stopped)."""
+    from pathlib import Path
+
+    time.sleep(seconds)
+    Path(marker_dir, f"{x}.done").write_text("")
+    return x
+
+
+def backends_interrupt(x: int) -> int:
+    if x == 1:
+        raise KeyboardInterrupt
+    return x
+
+
+def hard_marked_victim(x: int, marker_dir: str, victim: int) -> int:
+    """Return ``x``; the victim writes its worker's pid to a marker and sleeps until killed."""
+    if x == victim:
+        _write_atomically(os.path.join(marker_dir, f"{x}.pid"), str(os.getpid()))
+        time.sleep(60)
+    return x
+
+
+def backends_fail_first_else_slow(x: int, seconds: float, marker_dir: str) -> int:
+    """Input 0 raises at once; the others sleep, then mark that they ran."""
+    if x == 0:
+        raise ValueError("bad 0")
+    return backends_slow_then_mark(x, seconds, marker_dir)
+
+
+@parallel(workers=3, on_error="collect")
+def backends_seed_task(index: int) -> int:
+    """The README's example task: every third input fails."""
+    return fail_every_third(index)
