@@ -7,7 +7,9 @@ loop in either of two ways:
 * synchronously (``pump``), waiting with ``multiprocessing.connection.wait``
   on the backend's pipes and sentinels, the nearest deadline as timeout;
 * on an asyncio loop (``attach``), with ``loop.add_reader`` on the same file
-  descriptors and ``loop.call_later`` for deadlines, so no helper thread.
+  descriptors and ``loop.call_later`` for deadlines, so no helper thread (a
+  loop that cannot watch descriptors gets a thread that only waits; see
+  ``_loopwatch``).
 
 Threads may share a pool: one thread at a time takes the *turn* to pump, and a
 thread waiting for the turn wakes the pumping one through a self-pipe. A pool
@@ -28,6 +30,7 @@ from multiprocessing.connection import wait as mp_wait
 from typing import Any
 
 from ._backends.base import Backend, Waitable
+from ._loopwatch import ReaderWatch, ThreadWatch, make_watch
 from ._options import PoolConfig
 from ._scheduler import Job, Kill, Retire, Scheduler, Send, Spawn
 
@@ -38,10 +41,6 @@ _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 def _close_all() -> None:
     for engine in list(_live_engines):
         engine.close()
-
-
-def _fd(waitable: Waitable) -> int:
-    return waitable if isinstance(waitable, int) else waitable.fileno()
 
 
 class PoolInUseError(RuntimeError):
@@ -83,7 +82,7 @@ class Engine:
         # Async attachment.
         self.loop: asyncio.AbstractEventLoop | None = None
         self._async_users = 0
-        self._registered: dict[Waitable, int] = {}
+        self._watch: ReaderWatch | ThreadWatch | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._waiters: dict[Job, list[asyncio.Future[None]]] = {}
@@ -106,8 +105,8 @@ class Engine:
                     backend.kill(cmd.wid)
                 elif isinstance(cmd, Retire):
                     backend.retire(cmd.wid)
-        if self.loop is not None:
-            self._sync_readers()
+        if self._watch is not None:
+            self._watch.update(self.backend.waitables())
             self._schedule_timer()
 
     def check_open(self) -> None:
@@ -230,14 +229,10 @@ class Engine:
             first = self.loop is None
             self.loop = loop
         if first:
-            try:
-                self._sync_readers()
-            except NotImplementedError:
-                self._detach_all()
-                raise RuntimeError(
-                    f"parmap needs an event loop that can watch file descriptors "
-                    f"(loop.add_reader); {type(loop).__name__} cannot"
-                ) from None
+            # A loop that cannot watch descriptors (e.g. Windows' proactor
+            # loop) gets a thread that only waits for them.
+            self._watch = make_watch(loop, self._on_readable)
+            self._watch.update(self.backend.waitables())
             self._schedule_timer()
         self._async_users += 1
 
@@ -248,12 +243,11 @@ class Engine:
             self._detach_all()
 
     def _detach_all(self) -> None:
-        loop = self.loop
-        if loop is None:
+        if self.loop is None:
             return
-        for fd in self._registered.values():
-            loop.remove_reader(fd)
-        self._registered.clear()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._timer_at = None
@@ -284,24 +278,8 @@ class Engine:
                         future.set_result(None)
 
     def _on_discard(self, waitables: list[Waitable]) -> None:
-        if self.loop is None:
-            return
-        for waitable in waitables:
-            fd = self._registered.pop(waitable, None)
-            if fd is not None:
-                self.loop.remove_reader(fd)
-
-    def _sync_readers(self) -> None:
-        loop = self.loop
-        assert loop is not None
-        current = set(self.backend.waitables())
-        for waitable in [w for w in self._registered if w not in current]:
-            loop.remove_reader(self._registered.pop(waitable))
-        for waitable in current:
-            if waitable not in self._registered:
-                fd = _fd(waitable)
-                self._registered[waitable] = fd
-                loop.add_reader(fd, self._on_readable, waitable)
+        if self._watch is not None:
+            self._watch.discard(waitables)
 
     def _schedule_timer(self) -> None:
         loop = self.loop
