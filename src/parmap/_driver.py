@@ -11,8 +11,8 @@ the job, which kills the workers still running it.
 from __future__ import annotations
 
 import time
-from contextlib import suppress
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
+from contextlib import suppress
 from itertools import islice
 from typing import Any, TypeVar
 

@@ -557,9 +557,9 @@ class Scheduler:
                 job._emit(base, values, None)
             else:
                 self._emit_with_errors(job, chunk, first, values, errors)
-        if slot.chunk is None and wid in self.slots:
-            if self._max_tasks is not None and self._tasks[wid] >= self._max_tasks:
-                self._remove_slot(slot, Retire(wid))
+        used_up = self._max_tasks is not None and self._tasks[wid] >= self._max_tasks
+        if used_up and slot.chunk is None and wid in self.slots:
+            self._remove_slot(slot, Retire(wid))
         self._dispatch(now)
 
     def _emit_with_errors(
