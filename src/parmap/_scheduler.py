@@ -557,7 +557,7 @@ class Scheduler:
                 job._emit(base, values, None)
             else:
                 self._emit_with_errors(job, chunk, first, values, errors)
-        used_up = self._max_tasks is not None and self._tasks[wid] >= self._max_tasks
+        used_up = self._max_tasks is not None and self._tasks.get(wid, 0) >= self._max_tasks
         if used_up and slot.chunk is None and wid in self.slots:
             self._remove_slot(slot, Retire(wid))
         self._dispatch(now)
