@@ -451,3 +451,14 @@ def backends_fail_first_else_slow(x: int, seconds: float, marker_dir: str) -> in
 def backends_seed_task(index: int) -> int:
     """The README's example task: every third input fails."""
     return fail_every_third(index)
+
+
+@parallel(workers=2)
+def hard_decorated_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def hard_nested_decorated_pids(n: int) -> list[int]:
+    """Map a @parallel function inside a worker; its pool stays alive in this worker."""
+    return sorted({p for p in hard_decorated_pid.pmap([0.01] * n).values if p is not None})
