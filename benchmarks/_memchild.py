@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _tasks  # noqa: E402
+import _tasks
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -50,8 +50,7 @@ def high_water_mark() -> int | None:
 
 
 def generated(n: int) -> Iterator[int]:
-    for i in range(n):
-        yield i
+    yield from range(n)
 
 
 def main() -> int:
@@ -71,8 +70,7 @@ def main() -> int:
     complete = True
     t0 = time.monotonic()
     if pool is not None:
-        it = pool.imap_unordered(_tasks.square, generated(n), chunksize=1000)
-        for _ in it:
+        for _ in pool.imap_unordered(_tasks.square, generated(n), chunksize=1000):
             count += 1
             if not count & 4095:
                 peak = max(peak, rss())

@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _tasks  # noqa: E402
+import _tasks
 
 ITEMS = range(4)
 

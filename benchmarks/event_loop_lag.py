@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import json
 import os
 import platform
 import statistics
@@ -32,7 +34,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _tasks  # noqa: E402
+import _tasks
 
 TICK = 0.010
 
@@ -227,7 +229,8 @@ def measure(
                 lag, wall = runner.run(one(cls))
                 results[cls.name].append(lag)
                 walls.append(wall)
-            idle, _, _ = runner.run(worst_lag(lambda: _idle(statistics.median(walls))))
+            quiet = statistics.median(walls)
+            idle, _, _ = runner.run(worst_lag(functools.partial(_idle, quiet)))
             results["idle loop"].append(idle)
     return results
 
@@ -239,9 +242,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ms", type=float, default=50.0, help="milliseconds per item")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop instead of asyncio")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print {contender: [worst lag in seconds per round]} as JSON only",
+    )
     args = parser.parse_args(argv)
 
     n = calibrate(args.ms)
+    if args.json:
+        res = measure(args.rounds, args.items, args.ms, args.workers, args.uvloop, n=n)
+        print(json.dumps(res))
+        return 0
     loop_name = "uvloop" if args.uvloop else "asyncio"
     print(
         f"# event loop lag, {loop_name}, {args.items} items of ~{args.ms:g} ms, "
