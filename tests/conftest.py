@@ -38,6 +38,22 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     return alive
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        help="run the soak and chaos tests at full size (2,000 maps, 100,000 chaos items)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The soak and chaos modules read their sizes from the environment, so
+    # that the sizes can also be set without the flag.
+    if config.getoption("--soak"):
+        os.environ.setdefault("PARMAP_SOAK", "2000")
+        os.environ.setdefault("PARMAP_CHAOS_ITEMS", "100000")
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves a child process running.

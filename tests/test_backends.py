@@ -292,9 +292,7 @@ def test_timeout_under_apmap(backend: Any) -> None:
     assert isinstance(res.errors[0], TaskTimeoutError)
 
 
-def test_apmap_leaves_the_loop_free(backend: Any, name: str) -> None:
-    if name == "serial":
-        pytest.skip("serial runs each item inside the loop, by design")
+def test_apmap_leaves_the_loop_free_except_on_serial(backend: Any, name: str) -> None:
 
     async def main() -> tuple[MapResult[Any], int]:
         ticks = 0
@@ -317,7 +315,12 @@ def test_apmap_leaves_the_loop_free(backend: Any, name: str) -> None:
 
     res, ticks = asyncio.run(main())
     assert res.values == [0, 1, 2, 3]
-    assert ticks >= 10  # ~50 possible in 0.5 s; a blocked loop would manage 1
+    if name == "serial":
+        # As documented: serial runs each item in the caller, so the loop
+        # only gets a turn between items (4 items: a handful of ticks).
+        assert ticks <= 8
+    else:
+        assert ticks >= 15  # ~50 possible in 0.5 s; a blocked loop manages ~5
 
 
 def test_a_task_raising_system_exit_becomes_remote_error(backend: Any) -> None:
@@ -345,10 +348,7 @@ def test_initializer_runs_where_there_are_workers_of_ours(backend: Any, name: st
     assert res.values == [5] * 4
 
 
-def test_more_concurrent_maps_than_remembered_functions(backend: Any, name: str) -> None:
-    if name == "process":
-        pytest.skip("the process worker's cache: tests/test_threads_and_nesting.py")
-
+def test_more_concurrent_maps_than_remembered_functions(backend: Any) -> None:
     async def main(pool: Pool) -> list[MapResult[int]]:
         maps = [pool.apmap(jobs.add, [k] * 3, range(3), on_error="collect") for k in range(70)]
         return await asyncio.gather(*maps)
@@ -581,12 +581,6 @@ def test_without_cloudpickle_the_error_names_the_function_and_the_ways_out(
     assert "module level" in out.stdout and "install cloudpickle" in out.stdout
 
 
-# ------------------------------------------------- found elsewhere, to be fixed
-@pytest.mark.xfail(
-    strict=True,
-    reason="_results.rebuild_error keeps the traceback that tblib (installed by importing "
-    "distributed) makes up while unpickling; its frames chain to the parent's live frames",
-)
 def test_a_process_worker_error_pins_no_frame_of_the_parent() -> None:
     import distributed  # noqa: F401  (installs tblib's pickling of tracebacks, as for any dask user)
 

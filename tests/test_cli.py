@@ -419,9 +419,9 @@ def test_help_exits_0() -> None:
 
 
 def test_console_script() -> None:
+    # `pip install` puts the console script next to the interpreter.
     script = Path(sys.executable).with_name("parmap")
-    if not script.exists():
-        pytest.skip("the parmap console script is not installed next to this Python")
+    assert script.exists(), f"no console script at {script}"
     proc = run_command([str(script), "run", "cli_tasks:upper"], stdin="q\n")
     assert proc.returncode == 0, proc.stderr
     assert records(proc.stdout) == [{"index": 0, "value": "Q"}]

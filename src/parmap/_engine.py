@@ -67,6 +67,7 @@ class Engine:
             beacon=self.backend.beacon,
             max_tasks_per_worker=config.max_tasks_per_worker,
             item_beacon=getattr(self.backend, "item_beacon", True),
+            can_kill=self.backend.can_kill,
         )
         self.backend.on_discard = self._on_discard
         self.closed = False

@@ -29,5 +29,13 @@ def dump_function(fn: Callable[..., Any], start_method: str | None) -> bytes:
                 "cloudpickle (pip install 'parmap[cloudpickle]'), or, on Linux, call the "
                 "module-level pmap/imap or a @parallel function with start_method='fork'"
             ) from exc
-        data: bytes = cloudpickle.dumps(fn, protocol=PROTOCOL)
+        try:
+            data: bytes = cloudpickle.dumps(fn, protocol=PROTOCOL)
+        except Exception as again:
+            name = getattr(fn, "__qualname__", None) or repr(fn)
+            raise TypeError(
+                f"cannot send function {name} to worker processes: neither pickle nor "
+                f"cloudpickle can serialize it ({type(again).__name__}: {again}). Define "
+                "it at module level, or use backend='thread'"
+            ) from again
         return data

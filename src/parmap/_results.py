@@ -26,15 +26,21 @@ __all__ = [
 
 
 class TaskTimeoutError(TimeoutError):
-    """An item ran longer than ``timeout`` seconds; its worker was killed."""
+    """An item ran longer than ``timeout`` seconds.
 
-    def __init__(self, index: int, timeout: float) -> None:
-        super().__init__(f"item {index} did not finish within {timeout:g} s; its worker was killed")
+    With worker processes its worker was killed (``stopped`` is true); the
+    thread, executor and dask backends cannot stop it and abandon it instead.
+    """
+
+    def __init__(self, index: int, timeout: float, stopped: bool = True) -> None:
+        what = "its worker was killed" if stopped else "it was abandoned, not stopped"
+        super().__init__(f"item {index} did not finish within {timeout:g} s; {what}")
         self.index = index
         self.timeout = timeout
+        self.stopped = stopped
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.index, self.timeout))
+        return (type(self), (self.index, self.timeout, self.stopped))
 
 
 class WorkerCrashedError(RuntimeError):
@@ -115,12 +121,13 @@ def rebuild_error(payload: ErrorPayload) -> BaseException:
     if data is not None:
         try:
             loaded = pickle.loads(data)
-        except Exception:
+        except (Exception, SystemExit):
             loaded = None
         if isinstance(loaded, Exception):
             exc = loaded
     if exc is None:
         exc = RemoteError(type_name, message, tb_text)
+    exc.__traceback__ = None  # never a frame of ours (see _worker.encode_error)
     if tb_text:
         exc.__cause__ = _RemoteTraceback(tb_text)
     return exc

@@ -60,6 +60,8 @@ MAX_CHUNK_ITEMS = 100_000
 #: Consecutive workers that may die before reporting ready before the pool
 #: is declared broken (rather than respawning forever).
 MAX_STARTUP_FAILURES = 3
+#: How many maps' functions a worker keeps (the scheduler mirrors its cache).
+FUNCTION_CACHE = 64
 #: When a deadline passes but the beacon shows no item running, look again
 #: after this long.
 RECHECK_SECONDS = 0.02
@@ -137,7 +139,9 @@ class Slot:
     chunk: Chunk | None = None
     reported: int = 0  # items this worker reported since it started
     since: float = 0.0  # earliest time the running item can have started
-    sent_jobs: set[int] = field(default_factory=set)
+    # Jobs whose function this worker holds, oldest first: a mirror of the
+    # worker's own cache, which forgets the oldest beyond FUNCTION_CACHE.
+    sent_jobs: dict[int, None] = field(default_factory=dict)
 
 
 class Job:
@@ -238,11 +242,13 @@ class Scheduler:
         beacon: Callable[[int], Beacon],
         max_tasks_per_worker: int | None = None,
         item_beacon: bool = True,
+        can_kill: bool = True,
     ) -> None:
         self.workers = workers
         self._encode = encode
         self._beacon = beacon
         self._item_beacon = item_beacon
+        self.can_kill = can_kill  # False: a timed-out item is abandoned, not stopped
         self._max_tasks = max_tasks_per_worker
         self.slots: dict[int, Slot] = {}
         self._tasks: dict[int, int] = {}  # wid -> items run, for max_tasks_per_worker
@@ -437,12 +443,13 @@ class Scheduler:
 
     def _dispatch(self, now: float) -> None:
         for slot in list(self.slots.values()):
-            if slot.chunk is not None or slot.wid not in self.slots:
-                continue
-            job = self._next_job()
-            if job is None:
-                return
-            self._send_chunk(slot, job, now)
+            # A chunk that fails to pickle leaves the worker idle: try again
+            # (in a loop, not by recursion: thousands may fail in a row).
+            while slot.chunk is None and slot.wid in self.slots:
+                job = self._next_job()
+                if job is None:
+                    return
+                self._send_chunk(slot, job, now)
 
     def _send_chunk(self, slot: Slot, job: Job, now: float) -> None:
         run = job.pending[0]
@@ -461,12 +468,14 @@ class Scheduler:
             payload = self._encode((job.id, fn, job.star, args))
         except Exception:
             self._isolate_unpicklable(job, start, args, run.attempt)
-            self._dispatch(now)
             return
         if isinstance(payload, bytes):
             per_item = len(payload) / size
             job.item_bytes = per_item if job.item_bytes is None else max(job.item_bytes, per_item)
-        slot.sent_jobs.add(job.id)
+        if first:
+            if len(slot.sent_jobs) >= FUNCTION_CACHE:
+                del slot.sent_jobs[next(iter(slot.sent_jobs))]
+            slot.sent_jobs[job.id] = None
         slot.chunk = Chunk(job, start, args, run.attempt)
         slot.since = now
         job.running += size
@@ -487,7 +496,8 @@ class Scheduler:
                 self._fail(job, start + offset, attempt, arg, error, task_raised=False)
             else:
                 good.append(Run(start + offset, [arg], attempt, solo=True))
-        job.pending.extendleft(reversed(good))
+        if not job.closed:  # a raise-mode failure above may have stopped the job
+            job.pending.extendleft(reversed(good))
 
     # ------------------------------------------------------------------ events
     def on_ready(self, wid: int) -> None:
@@ -592,6 +602,35 @@ class Scheduler:
             seg_errors[index] = error
         job._emit(base + seg_from, values[seg_from:], seg_errors or None)
 
+    def on_undecodable(self, wid: int, error: BaseException, now: float) -> None:
+        """Worker ``wid`` could not unpickle its chunk; it ran none of it.
+
+        A lone input fails with the reason; a longer chunk is sent again one
+        input at a time, so that only the inputs at fault fail.
+        """
+        self._now = now
+        slot = self.slots.get(wid)
+        if slot is None or slot.chunk is None:
+            return
+        chunk, slot.chunk = slot.chunk, None
+        job = chunk.job
+        job.running -= len(chunk.args) - chunk.done
+        slot.sent_jobs.pop(job.id, None)  # its function came in the same message
+        remaining = len(chunk.args) - chunk.done
+        if remaining == 1:
+            index = chunk.start + chunk.done
+            failure = PicklingError(
+                f"input {index} could not be unpickled in the worker "
+                f"({type(error).__name__}: {error})"
+            )
+            failure.__cause__ = error
+            self._fail(
+                job, index, chunk.attempt, chunk.args[chunk.done], failure, task_raised=False
+            )
+        else:
+            self._requeue(chunk, chunk.done, len(chunk.args), solo=True)
+        self._dispatch(now)
+
     def on_exit(self, wid: int, exitcode: int | None, now: float) -> None:
         """Worker ``wid`` died (its outcomes were all read before this call)."""
         slot = self.slots.get(wid)
@@ -685,7 +724,7 @@ class Scheduler:
                 index,
                 chunk.attempt,
                 chunk.args[pos],
-                TaskTimeoutError(index, timeout),
+                TaskTimeoutError(index, timeout, self.can_kill),
                 task_raised=False,
             )
             self._requeue(chunk, chunk.done, pos)

@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -29,8 +31,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ._results import ErrorPayload, rebuild_error
+from ._scheduler import FUNCTION_CACHE
 
-READY, BATCH, INIT_FAILED = 0, 1, 2
+READY, BATCH, INIT_FAILED, UNDECODABLE = 0, 1, 2, 3
 FLUSH_SECONDS = 0.005
 WATCH_SECONDS = 0.05
 PROTOCOL = 5
@@ -61,12 +64,24 @@ def encode_error(exc: BaseException) -> ErrorPayload:
     # Only ordinary exceptions travel as themselves: SystemExit or
     # KeyboardInterrupt re-raised in the parent would stop the parent.
     if isinstance(exc, Exception):
+        # The text above has the traceback; frames must not travel (a helper
+        # such as tblib would otherwise pickle them and pin parent frames).
+        _drop_tracebacks(exc)
         try:
             data = pickle.dumps(exc, PROTOCOL)
             pickle.loads(data)
         except BaseException:
             data = None
     return (data, name, message, tb_text)
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
 
 
 class _Failed:
@@ -132,20 +147,33 @@ class _Worker:
         self.send((BATCH, values, errors, pickled, busy))
         self.last_flush = time.monotonic()
 
-    def watch(self, parent: int) -> None:
-        """Exit when the parent dies; flush outcomes a long item holds back."""
+    def watch(self, parent: int, owner: int) -> None:
+        """Exit when the pool's owner dies; flush outcomes a long item holds back.
+
+        ``parent`` is our parent process; ``owner`` the process that owns the
+        pool. They differ under forkserver, whose server outlives the owner
+        while its children (us) live, so the owner is watched directly.
+        """
+        pidfd: int | None = None
+        if owner != parent:
+            try:
+                pidfd = os.pidfd_open(owner)
+            except ProcessLookupError:
+                os._exit(0)
+            except (AttributeError, OSError):
+                pidfd = None
         while True:
             time.sleep(WATCH_SECONDS)
-            if os.getppid() != parent:
+            if os.getppid() != parent or _gone(owner, pidfd):
                 os._exit(0)
             stale = self.out and time.monotonic() - self.last_flush >= FLUSH_SECONDS
             if stale and self.lock.acquire(blocking=False):
-                    try:
-                        self.flush()
-                    except BaseException:
-                        pass
-                    finally:
-                        self.lock.release()
+                try:
+                    self.flush()
+                except BaseException:
+                    pass
+                finally:
+                    self.lock.release()
 
     def run(self, preload: Callable[..., Any] | None) -> None:
         functions: dict[int, Callable[..., Any]] = {}
@@ -160,7 +188,13 @@ class _Worker:
                 return
             if not data:
                 return
-            job_id, payload, star, chunk = pickle.loads(data)
+            try:
+                job_id, payload, star, chunk = pickle.loads(data)
+            except BaseException as exc:
+                # An argument that cannot be unpickled here: say so, and
+                # stay alive for the next chunk.
+                self.send((UNDECODABLE, encode_error(exc)))
+                continue
             fn = self._function(functions, job_id, payload, preload)
             for args in chunk:
                 started += 1
@@ -200,7 +234,7 @@ class _Worker:
                 fn = _raiser(exc)
             # A decorated function runs its original function here.
             fn = getattr(fn, "__parmap_inline__", fn)
-            if len(functions) >= 64:
+            if len(functions) >= FUNCTION_CACHE:
                 functions.pop(next(iter(functions)))
             functions[job_id] = fn
             return fn
@@ -219,8 +253,9 @@ def worker_main(
     initargs: tuple[Any, ...],
     preload: Callable[..., Any] | None,
     inherited: Connection | None,
+    owner: int,
 ) -> None:
-    """Entry point of a worker process."""
+    """Entry point of a worker process; ``owner`` is the pid of the pool's owner."""
     if inherited is not None:
         # Under fork we inherit the parent's end of our own pipe; holding it
         # would hide the parent's death from us.
@@ -228,7 +263,7 @@ def worker_main(
     if ignore:
         ignore_signals()
     worker = _Worker(conn, beacon)
-    threading.Thread(target=worker.watch, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=worker.watch, args=(os.getppid(), owner), daemon=True).start()
     if initializer is not None:
         try:
             initializer(*initargs)
@@ -241,6 +276,25 @@ def worker_main(
         worker.run(getattr(preload, "__parmap_inline__", preload))
     except (BrokenPipeError, ConnectionResetError):
         return
+    finally:
+        # Pools a task opened here (a nested map, a @parallel function) must
+        # stop with us; multiprocessing would otherwise wait for their workers.
+        engine = sys.modules.get("parmap._engine")
+        if engine is not None:
+            engine._close_all()
+
+
+def _gone(pid: int, pidfd: int | None) -> bool:
+    """Whether process ``pid`` has exited (its pidfd is readable then)."""
+    if pidfd is not None:
+        return bool(select.select([pidfd], [], [], 0)[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 # ------------------------------------------------------- chunks run elsewhere

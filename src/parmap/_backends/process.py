@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 from .._options import PoolConfig
 from .._results import rebuild_error
 from .._scheduler import Beacon, Scheduler
-from .._worker import BATCH, INIT_FAILED, PROTOCOL, READY, worker_main
+from .._worker import BATCH, INIT_FAILED, PROTOCOL, READY, UNDECODABLE, worker_main
 from .base import Waitable
 
 #: How long an idle worker gets to exit after being told to stop.
@@ -100,6 +101,7 @@ class ProcessBackend:
                 cfg.initargs,
                 self.preload,
                 parent_conn if forked else None,
+                os.getpid(),
             ),
             name=f"parmap-worker-{wid}",
         )
@@ -221,7 +223,9 @@ class ProcessBackend:
                 for pos in pickled:
                     try:
                         values[pos] = pickle.loads(values[pos])
-                    except Exception as exc:
+                    # SystemExit too: a result's __reduce__ may raise it, and
+                    # it must fail that item, not end the caller's program.
+                    except (Exception, SystemExit) as exc:
                         values[pos] = None
                         errors = errors or {}
                         error = pickle.UnpicklingError(
@@ -233,5 +237,7 @@ class ProcessBackend:
             sched.on_batch(wid, values, errors, busy, now)
         elif tag == READY:
             sched.on_ready(wid)
+        elif tag == UNDECODABLE:
+            sched.on_undecodable(wid, rebuild_error(message[1]), now)
         elif tag == INIT_FAILED:
             sched.on_init_failed(wid, rebuild_error(message[1]))
