@@ -199,12 +199,10 @@ class ExecutorBackend:
             slot.abandoned = True
         if futures:
             self._cancel(futures)
-        if not self._mailbox.closed:
-            self.on_discard([self._mailbox.fd])
-            self._mailbox.close()
+        self._mailbox.shut(self.on_discard)
 
     def waitables(self) -> list[Waitable]:
-        return [] if self._mailbox.closed else [self._mailbox.fd]
+        return self._mailbox.waitables()
 
     def beacon(self, wid: int) -> Beacon:
         slot = self._slots.get(wid)

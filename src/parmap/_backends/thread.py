@@ -94,6 +94,16 @@ class Mailbox:
                     os.read(self.fd, 64)
         return events
 
+    def waitables(self) -> list[Waitable]:
+        """What the drivers watch: the read end while open."""
+        return [] if self.closed else [self.fd]
+
+    def shut(self, on_discard: Callable[[list[Waitable]], None]) -> None:
+        """Tell the drivers to stop watching, then close."""
+        if not self.closed:
+            on_discard([self.fd])
+            self.close()
+
     def close(self) -> None:
         with self._lock:
             if self.closed:
@@ -272,12 +282,10 @@ class ThreadBackend:
     def close(self) -> None:
         for wid in list(self._lanes):
             self.kill(wid)
-        if not self._mailbox.closed:
-            self.on_discard([self._mailbox.fd])
-            self._mailbox.close()
+        self._mailbox.shut(self.on_discard)
 
     def waitables(self) -> list[Waitable]:
-        return [] if self._mailbox.closed else [self._mailbox.fd]
+        return self._mailbox.waitables()
 
     def beacon(self, wid: int) -> Beacon:
         lane = self._lanes.get(wid)
