@@ -41,7 +41,8 @@ class Harness:
             **kwargs,
         )
         self.log: list[Any] = []
-        self.chunks: dict[int, list[Any]] = {}
+        self.chunks: dict[int, list[Any]] = {}  # what each worker runs now
+        self.queued: dict[int, list[list[Any]]] = {}  # and what it runs next (prefetch)
 
     def job(self, inputs: list[Any] | None = None, *, ordered: bool = False, **config: Any) -> Job:
         job = self.sched.new_job(
@@ -57,14 +58,35 @@ class Harness:
         commands = self.sched.take_commands()
         for cmd in commands:
             if isinstance(cmd, Send):
-                self.chunks[cmd.wid] = list(cmd.payload[3])  # type: ignore[index]
+                args = list(cmd.payload[3])  # type: ignore[index]
+                if self.chunks.get(cmd.wid):
+                    self.queued.setdefault(cmd.wid, []).append(args)
+                else:
+                    self.chunks[cmd.wid] = args
             elif isinstance(cmd, Kill | Retire):
                 self.chunks.pop(cmd.wid, None)
+                self.queued.pop(cmd.wid, None)
         self.log.extend(commands)
         return commands
 
-    def report(self, wid: int, values: list[Any], errors: dict[int, BaseException] | None = None):
-        self.sched.on_batch(wid, list(values), errors, busy=0.001 * len(values), now=self.now)
+    def report(
+        self,
+        wid: int,
+        values: list[Any],
+        errors: dict[int, BaseException] | None = None,
+        *,
+        per_item: float = 0.001,
+    ) -> list[Any]:
+        current = self.chunks.get(wid)
+        if current is not None:  # the worker moves on: to its queued chunk when done
+            rest = current[len(values) :]
+            if rest:
+                self.chunks[wid] = rest
+            else:
+                del self.chunks[wid]
+                if self.queued.get(wid):
+                    self.chunks[wid] = self.queued[wid].pop(0)
+        self.sched.on_batch(wid, list(values), errors, busy=per_item * len(values), now=self.now)
         return self.flush()
 
     def finish_all(self, fn: Any = lambda x: x) -> None:
@@ -74,8 +96,7 @@ class Harness:
             if not busy:
                 return
             for wid in busy:
-                chunk = self.chunks.pop(wid)
-                self.report(wid, [fn(x) for x in chunk])
+                self.report(wid, [fn(x) for x in self.chunks[wid]])
         raise AssertionError("work never finished")
 
 
@@ -358,3 +379,36 @@ def test_close_retires_idle_workers_and_kills_busy_ones() -> None:
     commands = h.flush()
     kinds = {type(c) for c in commands}
     assert kinds == {Kill, Retire}
+
+
+def test_a_run_fed_before_it_drains_does_not_keep_what_was_sent() -> None:
+    # An imap over millions of items feeds the last pending run again and
+    # again before it drains; the inputs already sent must not pile up in it.
+    h = Harness(workers=1)
+    job = h.job(chunksize=100, buffer=1000)
+    for _ in range(50):
+        h.sched.feed(job, list(range(h.sched.want(job))), h.now)
+        h.flush()
+        h.finish_all()
+        drain(job)
+        assert sum(len(run.args) for run in job.pending) <= 1000
+    assert job.pulled > 5_000
+
+
+def test_prefetch_queues_a_second_chunk_and_requeues_it_if_the_worker_dies() -> None:
+    h = Harness(workers=1, prefetch=True)
+    job = h.job(range(5000), on_error="collect")
+    h.sched.on_ready(0)
+    h.report(0, h.chunks[0], per_item=1e-6)  # a fast item: the map may now prefetch
+    sends = [c for c in h.log if isinstance(c, Send)]
+    assert len(sends) == 3  # the first item, then a chunk running and one queued
+    slot = h.sched.slots[0]
+    assert slot.chunk is not None and slot.queued is not None
+    queued_start = slot.queued.start
+    h.beacons[0] = (1 + 1, 0.0)  # running the first item of the running chunk
+    h.sched.on_exit(0, -9, h.now)
+    h.flush()
+    h.finish_all()
+    values, errors = drain(job)
+    assert len(values) == 5000 and list(errors) == [1]
+    assert queued_start > 1  # the queued chunk ran again on the replacement

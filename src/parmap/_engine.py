@@ -68,6 +68,7 @@ class Engine:
             max_tasks_per_worker=config.max_tasks_per_worker,
             item_beacon=getattr(self.backend, "item_beacon", True),
             can_kill=self.backend.can_kill,
+            prefetch=getattr(self.backend, "prefetch", False),
         )
         self.backend.on_discard = self._on_discard
         self.closed = False

@@ -56,12 +56,23 @@ from ._results import TaskTimeoutError, WorkerCrashedError, mark_index
 TARGET_CHUNK_SECONDS = 0.02
 #: Cap on what one chunk's pickled arguments may weigh.
 MAX_CHUNK_BYTES = 4 << 20
-MAX_CHUNK_ITEMS = 100_000
+MAX_CHUNK_ITEMS = 16_384
+#: Cap on the inputs a map without ``buffer`` holds at once (pulled, not yet
+#: consumed): a map of millions of tiny items must not buffer hundreds of
+#: thousands of them. Chunks shrink so that every worker still gets two.
+MAX_WINDOW_ITEMS = 65_536
 #: Consecutive workers that may die before reporting ready before the pool
 #: is declared broken (rather than respawning forever).
 MAX_STARTUP_FAILURES = 3
 #: How many maps' functions a worker keeps (the scheduler mirrors its cache).
 FUNCTION_CACHE = 64
+#: A worker may be sent its next chunk while it runs the current one (so it
+#: never waits for the parent between chunks) when the map has no timeout
+#: (a queued chunk would wait behind an item that hangs until its deadline)
+#: and its items take less than this: the tail of a map is then at most one
+#: chunk of such items out of balance.
+PREFETCH_ITEM_SECONDS = 0.001
+FIRST_CHUNK_ITEMS = 1024
 #: When a deadline passes but the beacon shows no item running, look again
 #: after this long.
 RECHECK_SECONDS = 0.02
@@ -102,6 +113,17 @@ class Retire:
 
 
 Command = Spawn | Send | Kill | Retire
+
+
+class ChunkMessage(tuple[Any, ...]):
+    """A chunk to send: ``(job_id, function_payload_or_None, star, args)``.
+
+    A plain 4-tuple to every backend; ``timed`` tells a backend whose workers
+    can run untimed chunks faster (processes) that the map has a timeout, so
+    its items must be watched one by one.
+    """
+
+    timed: bool = True
 Segment = tuple[int, list[Any], dict[int, BaseException] | None]
 
 
@@ -137,6 +159,9 @@ class Slot:
     wid: int
     ready: bool = False
     chunk: Chunk | None = None
+    # The chunk sent after ``chunk``, which the worker runs next (prefetch).
+    queued: Chunk | None = None
+    queued_at: float = 0.0  # when it was sent: the earliest it can start
     reported: int = 0  # items this worker reported since it started
     since: float = 0.0  # earliest time the running item can have started
     # Jobs whose function this worker holds, oldest first: a mirror of the
@@ -243,6 +268,7 @@ class Scheduler:
         max_tasks_per_worker: int | None = None,
         item_beacon: bool = True,
         can_kill: bool = True,
+        prefetch: bool = False,
     ) -> None:
         self.workers = workers
         self._encode = encode
@@ -262,6 +288,9 @@ class Scheduler:
         self.closing = False
         self.broken: BaseException | None = None
         self._now = 0.0  # the latest time an event carried
+        # Whether a worker may hold a second chunk: the backend says so (its
+        # workers read their chunks in order from their own pipe).
+        self._prefetch = prefetch
 
     # ----------------------------------------------------------------- helpers
     def take_commands(self) -> list[Command]:
@@ -297,6 +326,11 @@ class Scheduler:
         chunk, slot.chunk = slot.chunk, None
         if chunk is not None:
             chunk.job.running -= len(chunk.args) - chunk.done
+        queued, slot.queued = slot.queued, None
+        if queued is not None:
+            # The worker never started it: it ran ``chunk`` until now.
+            queued.job.running -= len(queued.args)
+            self._requeue(queued, 0, len(queued.args))
         self._fill()
         return chunk
 
@@ -386,6 +420,12 @@ class Scheduler:
             and last.start + len(last.args) == job.pulled
         ):
             # Inputs fed one by one (an async source) still leave in chunks.
+            if last.offset:
+                # Drop what was sent already: a run that keeps being fed
+                # before it drains would otherwise hold every input of the map.
+                del last.args[: last.offset]
+                last.start += last.offset
+                last.offset = 0
             last.args.extend(args)
         else:
             job.pending.append(Run(job.pulled, args))
@@ -426,6 +466,8 @@ class Scheduler:
         size = TARGET_CHUNK_SECONDS / max(job.item_time, 1e-9)
         if job.item_bytes:
             size = min(size, MAX_CHUNK_BYTES / job.item_bytes)
+        if job.config.buffer is None:
+            size = min(size, MAX_WINDOW_ITEMS // (2 * self.workers))
         if cap_by_total and job.total is not None:
             # Fast items: one round per worker is best; never more than an
             # even share, so that no worker idles while another has a backlog.
@@ -450,12 +492,42 @@ class Scheduler:
                 if job is None:
                     return
                 self._send_chunk(slot, job, now)
+        if not self._prefetch or self._max_tasks is not None:
+            return
+        for slot in list(self.slots.values()):
+            chunk = slot.chunk
+            if chunk is None or slot.queued is not None or not self._may_prefetch(chunk.job):
+                continue
+            job = self._next_job()
+            if job is None:
+                return
+            if self._may_prefetch(job) and not job.pending[0].solo:
+                self._send_chunk(slot, job, now, queue=True)
 
-    def _send_chunk(self, slot: Slot, job: Job, now: float) -> None:
+    @staticmethod
+    def _may_prefetch(job: Job) -> bool:
+        return (
+            job.config.timeout is None
+            and job.item_time is not None
+            and job.item_time < PREFETCH_ITEM_SECONDS
+            and not job.closed
+        )
+
+    def _send_chunk(self, slot: Slot, job: Job, now: float, *, queue: bool = False) -> None:
         run = job.pending[0]
         size = 1 if run.solo else self._chunksize(job)
         if self._max_tasks is not None:
             size = min(size, max(1, self._max_tasks - self._tasks[slot.wid]))
+        elif self._prefetch and size > FIRST_CHUNK_ITEMS and self._may_prefetch(job):
+            if not queue:
+                # An idle worker starts at once on a small chunk; the full
+                # one queued behind it travels while it runs.
+                size = FIRST_CHUNK_ITEMS
+            elif job.exhausted:
+                # The tail of the map: smaller chunks, so that no worker
+                # still has a queue when the others run dry.
+                left = sum(len(r) for r in job.pending)
+                size = min(size, max(FIRST_CHUNK_ITEMS, left // (2 * self.workers)))
         size = min(size, len(run))
         args = run.args[run.offset : run.offset + size]
         start = run.start + run.offset
@@ -464,8 +536,10 @@ class Scheduler:
             job.pending.popleft()
         first = job.id not in slot.sent_jobs
         fn = job.fn_payload if first else None
+        message = ChunkMessage((job.id, fn, job.star, args))
+        message.timed = job.config.timeout is not None
         try:
-            payload = self._encode((job.id, fn, job.star, args))
+            payload = self._encode(message)
         except Exception:
             self._isolate_unpicklable(job, start, args, run.attempt)
             return
@@ -476,8 +550,12 @@ class Scheduler:
             if len(slot.sent_jobs) >= FUNCTION_CACHE:
                 del slot.sent_jobs[next(iter(slot.sent_jobs))]
             slot.sent_jobs[job.id] = None
-        slot.chunk = Chunk(job, start, args, run.attempt)
-        slot.since = now
+        if queue:
+            slot.queued = Chunk(job, start, args, run.attempt)
+            slot.queued_at = now
+        else:
+            slot.chunk = Chunk(job, start, args, run.attempt)
+            slot.since = now
         job.running += size
         self._commands.append(Send(slot.wid, payload))
 
@@ -551,11 +629,17 @@ class Scheduler:
         self._tasks[wid] += count
         chunk.done += count
         job.running -= count
-        slot.since = now
+        # ``slot.since`` stays: it is still a lower bound on when the running
+        # item started, and on_time moves it forward from the beacon. Setting
+        # it to ``now`` would push the deadline of an item already running
+        # later by however late its predecessors' outcomes arrived.
         if chunk.done >= len(chunk.args):
             # Free the worker first: if these outcomes stop the job, this
-            # worker has nothing left to kill.
-            slot.chunk = None
+            # worker has nothing left to kill. It runs its queued chunk next.
+            slot.chunk, slot.queued = slot.queued, None
+            # The worker went on to it as soon as it finished this one, maybe
+            # well before now: only its sending time bounds its start.
+            slot.since = slot.queued_at
         if not job.closed:
             estimate = busy / count
             job.item_time = (
@@ -612,10 +696,12 @@ class Scheduler:
         slot = self.slots.get(wid)
         if slot is None or slot.chunk is None:
             return
-        chunk, slot.chunk = slot.chunk, None
+        chunk = slot.chunk
+        slot.chunk, slot.queued = slot.queued, None  # the worker goes on with it
+        slot.since = slot.queued_at
         job = chunk.job
         job.running -= len(chunk.args) - chunk.done
-        slot.sent_jobs.pop(job.id, None)  # its function came in the same message
+        slot.sent_jobs.pop(job.id, None)  # send its function again, to be sure
         remaining = len(chunk.args) - chunk.done
         if remaining == 1:
             index = chunk.start + chunk.done

@@ -2,8 +2,11 @@
 
 Protocol on the worker's own pipe (every message is one pickled tuple):
 
-* parent → worker: ``(job_id, function_or_None, star, [args, ...])``, a chunk;
-  the function is sent once per job and cached; ``b""`` means stop.
+* parent → worker: ``(job_id, function_or_None, star, timed, pickled_args)``,
+  a chunk; the function is sent once per job and cached; ``timed`` says the
+  map has a timeout (its items must be watched one by one); the arguments
+  are pickled on their own; ``b""`` means stop. A worker may be sent its
+  next chunk while it runs one: it runs them in order.
 * worker → parent: ``(READY,)`` once started; ``(INIT_FAILED, error)`` if the
   initializer raised; ``(BATCH, values, errors, pickled, busy)`` with the next
   outcomes of the current chunk, in order.
@@ -17,6 +20,7 @@ current one began, which is what per-item deadlines and crash blame read.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import select
@@ -37,6 +41,9 @@ READY, BATCH, INIT_FAILED, UNDECODABLE = 0, 1, 2, 3
 FLUSH_SECONDS = 0.005
 WATCH_SECONDS = 0.05
 PROTOCOL = 5
+#: A map without a timeout runs its chunk in slices that take about this long.
+SLICE_SECONDS = 0.001
+MAX_SLICE = 4096
 _SIMPLE = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
@@ -84,6 +91,24 @@ def _drop_tracebacks(exc: BaseException) -> None:
         current = current.__cause__ or current.__context__
 
 
+class _NotPlain(Exception):
+    pass
+
+
+class _PlainPickler(pickle.Pickler):
+    """Pickles only values that cannot fail to unpickle in the parent.
+
+    The C pickler writes ``None``, ``bool``, ``int``, ``float``, ``str``,
+    ``bytes`` and lists, tuples, dicts and sets of them itself; anything else
+    reaches ``reducer_override``, which gives up, and the batch is encoded
+    value by value instead (``encode_outcomes``), so that one bad value fails
+    only its own item.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        raise _NotPlain
+
+
 class _Failed:
     """Marks an outcome slot that holds an error instead of a value."""
 
@@ -103,7 +128,14 @@ def _raiser(exc: BaseException) -> Callable[..., Any]:
 class _Worker:
     def __init__(self, conn: Connection, beacon: Any) -> None:
         self.conn = conn
-        self.beacon = memoryview(beacon).cast("B").cast("d")
+        raw = memoryview(beacon).cast("B")
+        # The start time is a double, the count an int64 in the same two
+        # slots (storing an int through a "q" view is twice as fast as
+        # converting it into a double).
+        self.beacon = raw.cast("d")
+        self.counter = raw.cast("q")
+        # The main thread appends here without the lock (deque appends are
+        # atomic); whoever flushes holds ``lock``.
         self.out: deque[Any] = deque()
         self.lock = threading.Lock()
         self.busy = 0.0
@@ -112,39 +144,30 @@ class _Worker:
     def send(self, message: tuple[Any, ...]) -> None:
         self.conn.send_bytes(pickle.dumps(message, PROTOCOL))
 
-    def flush(self) -> None:
-        """Send the buffered outcomes (caller holds ``lock``)."""
+    def flush(self, *, concurrent: bool = False) -> None:
+        """Send the buffered outcomes (caller holds ``lock``).
+
+        With ``concurrent`` the main thread may be appending meanwhile (the
+        watch thread flushes), so outcomes are taken one by one.
+        """
         out = self.out
-        values = [out.popleft() for _ in range(len(out))]
-        if not values:
+        if not out:
             return
+        if concurrent:
+            values = [out.popleft() for _ in range(len(out))]
+        else:
+            values = list(out)
+            out.clear()
         busy, self.busy = self.busy, 0.0
-        errors: dict[int, ErrorPayload] | None = None
-        pickled: list[int] | None = None
-        for i, value in enumerate(values):
-            kind = type(value)
-            if kind in _SIMPLE:
-                continue
-            if kind is _Failed:
-                errors = errors or {}
-                errors[i] = value.payload
-                values[i] = None
-                continue
-            # Pickle anything else on its own, so that one bad result fails
-            # only its own item, here or when the parent unpickles it.
-            try:
-                values[i] = pickle.dumps(value, PROTOCOL)
-            except BaseException as exc:
-                error = pickle.PicklingError(
-                    f"the result could not be pickled ({type(exc).__name__}: {exc})"
-                )
-                errors = errors or {}
-                errors[i] = encode_error(error)
-                values[i] = None
-            else:
-                pickled = pickled or []
-                pickled.append(i)
-        self.send((BATCH, values, errors, pickled, busy))
+        buffer = io.BytesIO()
+        try:
+            # The common case, checked by the pickler itself at C speed.
+            _PlainPickler(buffer, PROTOCOL).dump((BATCH, values, None, None, busy))
+        except Exception:
+            values, errors, pickled = encode_outcomes(values)
+            self.send((BATCH, values, errors, pickled, busy))
+        else:
+            self.conn.send_bytes(buffer.getbuffer())
         self.last_flush = time.monotonic()
 
     def watch(self, parent: int, owner: int) -> None:
@@ -169,7 +192,7 @@ class _Worker:
             stale = self.out and time.monotonic() - self.last_flush >= FLUSH_SECONDS
             if stale and self.lock.acquire(blocking=False):
                 try:
-                    self.flush()
+                    self.flush(concurrent=True)
                 except BaseException:
                     pass
                 finally:
@@ -177,9 +200,6 @@ class _Worker:
 
     def run(self, preload: Callable[..., Any] | None) -> None:
         functions: dict[int, Callable[..., Any]] = {}
-        beacon = self.beacon
-        out = self.out
-        monotonic = time.monotonic
         started = 0
         while True:
             try:
@@ -189,35 +209,120 @@ class _Worker:
             if not data:
                 return
             try:
-                job_id, payload, star, chunk = pickle.loads(data)
+                job_id, payload, star, timed, body = pickle.loads(data)
+                fn = self._function(functions, job_id, payload, preload)
+                chunk = pickle.loads(body)
             except BaseException as exc:
                 # An argument that cannot be unpickled here: say so, and
                 # stay alive for the next chunk.
                 self.send((UNDECODABLE, encode_error(exc)))
                 continue
-            fn = self._function(functions, job_id, payload, preload)
-            for args in chunk:
-                started += 1
-                # Count first, then the start time: the parent reads time,
-                # count, time and trusts only a reading whose times agree.
-                beacon[1] = started
-                t0 = monotonic()
-                beacon[0] = t0
-                failed = False
-                try:
-                    value = fn(*args) if star else fn(args)
-                except BaseException as exc:
-                    value = _Failed(encode_error(exc))
-                    failed = True
-                t1 = monotonic()
-                beacon[0] = -1.0
-                out.append(value)
-                self.busy += t1 - t0
-                if failed or t1 - self.last_flush >= FLUSH_SECONDS:
-                    with self.lock:
-                        self.flush()
+            if timed:
+                started = self._run_timed(fn, star, chunk, started)
+            else:
+                started = self._run_sliced(fn, star, chunk, started)
             with self.lock:
                 self.flush()
+
+    def _run_timed(self, fn: Callable[..., Any], star: bool, chunk: list[Any], started: int) -> int:
+        """Run a chunk item by item, the beacon naming each item and its start.
+
+        Per-item deadlines need it: the parent reads time, count, time and
+        trusts only a reading whose two times agree, so the count is written
+        while the time says "between items" (-1), and the time after it.
+        """
+        beacon, counter, out, lock = self.beacon, self.counter, self.out, self.lock
+        append = out.append
+        monotonic = time.monotonic
+        flush_seconds = FLUSH_SECONDS
+        last = self.last_flush
+        since = monotonic()
+        # Two copies of the loop, so that neither tests ``star`` per item.
+        if star:
+            for counter[1], args in enumerate(chunk, started + 1):
+                beacon[0] = t = monotonic()
+                try:
+                    append(fn(*args))
+                except BaseException as exc:
+                    append(_Failed(encode_error(exc)))
+                    last = -flush_seconds  # send a failure at once
+                beacon[0] = -1.0
+                if t - last >= flush_seconds:
+                    with lock:
+                        now = monotonic()
+                        self.busy += now - since
+                        since = now
+                        self.flush()
+                    last = self.last_flush
+        else:
+            for counter[1], args in enumerate(chunk, started + 1):
+                beacon[0] = t = monotonic()
+                try:
+                    append(fn(args))
+                except BaseException as exc:
+                    append(_Failed(encode_error(exc)))
+                    last = -flush_seconds
+                beacon[0] = -1.0
+                if t - last >= flush_seconds:
+                    with lock:
+                        now = monotonic()
+                        self.busy += now - since
+                        since = now
+                        self.flush()
+                    last = self.last_flush
+        self.busy += monotonic() - since
+        return started + len(chunk)
+
+    def _run_sliced(
+        self, fn: Callable[..., Any], star: bool, chunk: list[Any], started: int
+    ) -> int:
+        """Run a chunk of a map without a timeout in slices, with fewer steps per item.
+
+        No deadline needs an item's start time, so each item only stores its
+        count (crash blame stays exact: a start time is stored once per
+        slice, meaning "the counted item is running"); the clock is read once
+        per slice. A slice grows while it takes under ``SLICE_SECONDS``, so
+        that long items still go one by one and their outcomes are not held
+        back. Before outcomes are sent the beacon says "between items".
+        """
+        beacon, counter, out, lock = self.beacon, self.counter, self.out, self.lock
+        monotonic = time.monotonic
+        total = len(chunk)
+        pos = 0
+        size = 1
+        while pos < total:
+            failed = False
+            part = chunk[pos : pos + size]
+            done: list[Any] = []
+            append = done.append
+            t0 = monotonic()
+            beacon[0] = t0
+            try:
+                if star:
+                    for counter[1], args in enumerate(part, started + 1):
+                        append(fn(*args))
+                else:
+                    for counter[1], args in enumerate(part, started + 1):
+                        append(fn(args))
+            except BaseException as exc:
+                # The items before the raising one keep their outcomes; the
+                # rest of the slice runs in the next turn.
+                append(_Failed(encode_error(exc)))
+                failed = True
+            beacon[0] = -1.0
+            t1 = monotonic()
+            started += len(done)  # the items run, and the one that raised
+            pos += len(done)
+            if t1 - t0 < SLICE_SECONDS:
+                size = min(size * 2, MAX_SLICE)
+            elif size > 1:
+                size //= 2
+            with lock:
+                out.extend(done)
+                self.busy += t1 - t0
+                if failed or t1 - self.last_flush >= FLUSH_SECONDS:
+                    self.flush()
+        return started
 
     @staticmethod
     def _function(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, cast
 
 from .._options import PoolConfig
 from .._results import rebuild_error
@@ -58,6 +58,7 @@ class _Proc:
     sentinel: int
     beacon: Any
     view: memoryview[float]
+    counter: memoryview[int]
     eof: bool = False
 
 
@@ -65,6 +66,9 @@ class ProcessBackend:
     """Starts, feeds, watches and stops worker processes."""
 
     can_kill = True
+    #: Workers read chunks in order from their own pipe: one may be sent its
+    #: next chunk while it runs the current one (see Scheduler).
+    prefetch = True
 
     def __init__(self, config: PoolConfig, *, preload: Callable[..., Any] | None = None) -> None:
         self._config = config
@@ -78,8 +82,13 @@ class ProcessBackend:
 
     # ------------------------------------------------------------- lifecycle
     def encode(self, message: object) -> bytes:
-        """Pickle a chunk message for the pipe."""
-        return pickle.dumps(message, PROTOCOL)
+        """Pickle a chunk message for the pipe, with whether its map is timed."""
+        job_id, fn, star, args = cast("tuple[Any, Any, Any, Any]", message)
+        timed = getattr(message, "timed", True)
+        # The arguments are pickled on their own, so that a worker that cannot
+        # unpickle them still learns the function (its next chunk, already
+        # sent, may come without it).
+        return pickle.dumps((job_id, fn, star, timed, pickle.dumps(args, PROTOCOL)), PROTOCOL)
 
     def spawn(self, wid: int) -> None:
         """Start worker ``wid``."""
@@ -87,8 +96,10 @@ class ProcessBackend:
         ctx = self._ctx
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         beacon = ctx.RawArray("d", 2)
-        view = memoryview(beacon).cast("B").cast("d")
+        raw = memoryview(beacon).cast("B")
+        view = raw.cast("d")
         view[0] = -1.0
+        counter = raw.cast("q")  # the worker stores its count as an int64
         forked = self.start_method == "fork"
         cfg = self._config
         proc = ctx.Process(  # type: ignore[attr-defined]
@@ -109,7 +120,7 @@ class ProcessBackend:
             proc.start()
         finally:
             child_conn.close()
-        entry = _Proc(proc, parent_conn, proc.sentinel, beacon, view)
+        entry = _Proc(proc, parent_conn, proc.sentinel, beacon, view, counter)
         self._procs[wid] = entry
         self._by_waitable[parent_conn] = wid
         self._by_waitable[entry.sentinel] = wid
@@ -179,7 +190,7 @@ class ProcessBackend:
             return None
         view = entry.view
         t1 = view[0]
-        started = int(view[1])
+        started = entry.counter[1]
         t2 = view[0]
         if t1 != t2:
             return None
