@@ -312,7 +312,7 @@ class ParallelFunction(Generic[P, T]):
         functools.update_wrapper(self, fn)
         self.__parmap_inline__ = fn
         self._defaults = defaults
-        self._pool: Pool | None = None
+        self._own_pool: Pool | None = None
         self._lock = threading.Lock()
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -332,14 +332,14 @@ class ParallelFunction(Generic[P, T]):
         if defaults.pool != self._defaults.pool:
             return Pool._for_function(defaults, self), defaults, True
         with self._lock:
-            if self._pool is None or self._pool._closed:
-                self._pool = Pool._for_function(self._defaults, self)
-            return self._pool, defaults, False
+            if self._own_pool is None or self._own_pool._closed:
+                self._own_pool = Pool._for_function(self._defaults, self)
+            return self._own_pool, defaults, False
 
     def _call(
         self, iterables: tuple[Any, ...], options: Options, **kwargs: Any
     ) -> tuple[_Call, Pool, bool]:
-        pool, _defaults, temporary = self._pool_for(options)
+        pool, _defaults, temporary = self._own_pool_for(options)
         try:
             call = pool._call(self, iterables, _map_only(options), pool_options=True, **kwargs)
         except BaseException:
@@ -388,7 +388,7 @@ class ParallelFunction(Generic[P, T]):
     def close(self) -> None:
         """Stop this function's pool; the next map starts a new one."""
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool, self._own_pool = self._own_pool, None
         if pool is not None:
             pool.close()
 
