@@ -339,7 +339,7 @@ class ParallelFunction(Generic[P, T]):
     def _call(
         self, iterables: tuple[Any, ...], options: Options, **kwargs: Any
     ) -> tuple[_Call, Pool, bool]:
-        pool, _defaults, temporary = self._own_pool_for(options)
+        pool, _defaults, temporary = self._pool_for(options)
         try:
             call = pool._call(self, iterables, _map_only(options), pool_options=True, **kwargs)
         except BaseException:
