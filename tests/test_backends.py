@@ -42,6 +42,7 @@ from parmap import (
 )
 
 from . import jobs
+from .dask_cluster import local_client
 
 BACKENDS = ["process", "thread", "serial", "thread-executor", "process-executor", "dask"]
 #: Backends that run items in this process (nothing is pickled).
@@ -61,18 +62,7 @@ def kind(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
     if request.param != "dask":
         yield request.param, None
         return
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_client() as client:
         yield "dask", client
 
 

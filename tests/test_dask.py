@@ -24,6 +24,7 @@ import pytest
 from parmap import Pool, TaskTimeoutError, apmap, pmap
 
 from . import jobs
+from .dask_cluster import local_client
 
 distributed = pytest.importorskip("distributed")
 
@@ -32,16 +33,7 @@ SLOW, TIMEOUT = 1.5, 0.5
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with local_client() as client:
         yield client
 
 

@@ -1,0 +1,27 @@
+"""The one local dask cluster the tests use: real worker processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+@contextmanager
+def local_client() -> Iterator[Any]:
+    """A client of a two-process LocalCluster, closed (with its workers) on exit."""
+    from distributed import Client, LocalCluster
+
+    # dashboard_address=":0": None still opened the dashboard on port 8787,
+    # which clashes between concurrent test runs.
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
