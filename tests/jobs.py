@@ -462,3 +462,25 @@ def hard_decorated_pid(seconds: float) -> int:
 def hard_nested_decorated_pids(n: int) -> list[int]:
     """Map a @parallel function inside a worker; its pool stays alive in this worker."""
     return sorted({p for p in hard_decorated_pid.pmap([0.01] * n).values if p is not None})
+
+
+def hang_at(x: int, hang_on: int, how: str, marker_dir: str) -> int:
+    """Return `x` at once, except on `hang_on`: note when it began, then never end.
+
+    ``how`` is ``"sleep"`` (the GIL is free meanwhile), ``"hold_gil"`` (a
+    loop in C that never lets another thread of the worker run), or
+    ``"sleep_on_go"``: like ``"sleep"``, but the item before `hang_on` first
+    waits for a file ``go`` in `marker_dir`, so that the test decides when the
+    hang begins.
+    """
+    if x == hang_on - 1 and how == "sleep_on_go":
+        while not os.path.exists(os.path.join(marker_dir, "go")):
+            time.sleep(0.001)
+    if x != hang_on:
+        return x
+    _write_atomically(os.path.join(marker_dir, "hang.start"), repr(time.monotonic()))
+    if how == "hold_gil":
+        sum(range(10**15))
+    else:
+        time.sleep(3600)
+    return x

@@ -101,6 +101,60 @@ def test_timeout_holds_per_item_inside_a_chunk() -> None:
     assert res.values == [0, 1, 2, 3]
 
 
+def _hang_among_fast_items(how: str, marker_dir: Path) -> dict[str, Any]:
+    # 3000 tiny items in one chunk: the worker runs them in slices of up to
+    # a thousand items and reads the clock once per slice, so item 1500 is
+    # not the first of its slice and its start must be dated another way.
+    n = 3000
+    return {
+        "fn": jobs.hang_at,
+        "iterables": (range(n), [1500] * n, [how] * n, [str(marker_dir)] * n),
+        "options": {"workers": 1, "chunksize": n, "timeout": 1, "on_error": "collect"},
+    }
+
+
+@pytest.mark.parametrize("how", ["sleep", "hold_gil"])
+def test_an_item_hanging_among_fast_ones_times_out_on_time(how: str, tmp_path: Path) -> None:
+    # "sleep": the worker's watch thread dates the item. "hold_gil": that
+    # thread cannot run, and the parent, which looks often while a timed
+    # chunk of several items runs, dates it by when it first saw it.
+    case = _hang_among_fast_items(how, tmp_path)
+    res = pmap(case["fn"], *case["iterables"], **case["options"])
+    ended = time.monotonic()
+    began = float((tmp_path / "hang.start").read_text())
+    assert list(res.errors) == [1500]
+    assert isinstance(res.errors[1500], TaskTimeoutError)
+    assert res.values[:3] == [0, 1, 2] and res.values[1501:] == list(range(1501, 3000))
+    # Never before its deadline; well before a second timeout would pass.
+    assert 1.0 <= ended - began < 1.6
+
+
+def test_a_deadline_passed_while_the_consumer_was_busy_is_acted_on_at_once(
+    tmp_path: Path,
+) -> None:
+    # While the consumer's loop body runs, the parent does not look at the
+    # workers. The item hangs only after the consumer has taken its first
+    # outcome (the item before it waits for "go"), so the parent never saw
+    # it running; the worker's own dating of it still lets the parent kill
+    # it the moment it looks again.
+    case = _hang_among_fast_items("sleep_on_go", tmp_path)
+    options = {k: v for k, v in case["options"].items() if k != "workers"}
+    with Pool(workers=1) as pool:
+        outcomes = pool.imap(case["fn"], *case["iterables"], ordered=True, **options)
+        assert next(outcomes).value == 0
+        (tmp_path / "go").touch()
+        time.sleep(3)
+        resumed = time.monotonic()
+        rest = list(outcomes)
+        took = time.monotonic() - resumed
+    assert resumed - float((tmp_path / "hang.start").read_text()) > 2.0
+    failed = [o for o in rest if not o.ok]
+    assert [o.index for o in failed] == [1500]
+    assert isinstance(failed[0].error, TaskTimeoutError)
+    assert len(rest) == 2999
+    assert took < 0.6  # not the full second a fresh sighting would wait
+
+
 @pytest.mark.parametrize(
     ("how", "error", "detail"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from parmap import TaskTimeoutError, WorkerCrashedError
 from parmap._options import MapConfig
 from parmap._scheduler import (
     MAX_STARTUP_FAILURES,
+    POLL_SECONDS,
     Job,
     Kill,
     Retire,
@@ -173,7 +175,11 @@ def test_timeout_kills_the_worker_fails_the_running_item_and_requeues_the_rest()
     h.now = 5.5
     h.sched.on_time(h.now)  # deadline by `since` passed, but item 1 has time left
     assert not any(isinstance(c, Kill) for c in h.flush())
-    assert h.sched.next_deadline() == pytest.approx(6.0)
+    deadline = h.sched.next_deadline()
+    assert deadline is not None and deadline <= 6.0
+    h.now = 5.99
+    h.sched.on_time(h.now)
+    assert not any(isinstance(c, Kill) for c in h.flush())
     h.now = 6.0
     h.sched.on_time(h.now)
     commands = h.flush()
@@ -202,6 +208,37 @@ def test_timeout_blames_the_item_the_beacon_names_even_when_earlier_ones_are_unr
     values, errors = drain(job)
     assert values == [0, 1, None]
     assert list(errors) == [2]
+
+
+def test_an_item_the_beacon_cannot_date_is_timed_from_when_it_was_first_seen() -> None:
+    h = Harness(workers=1)
+    job = h.job(range(4), timeout=5, chunksize=4, on_error="collect")
+    h.beacons[0] = (1, 0.0)  # item 0 started at t=0
+    # A timed chunk of several items: the beacon is read often, not only at
+    # deadlines, so that an item it cannot date is seen soon after it starts.
+    deadline = h.sched.next_deadline()
+    assert deadline is not None and deadline <= POLL_SECONDS
+    h.now = 2.0
+    h.beacons[0] = (3, math.inf)  # item 2 running since some time after t=0
+    h.sched.on_time(h.now)
+    deadline = h.sched.next_deadline()
+    assert deadline is not None and deadline <= h.now + POLL_SECONDS
+    h.now = 6.9  # its chunk began 6.9 s ago, but item 2 was first seen at t=2
+    h.sched.on_time(h.now)
+    assert not any(isinstance(c, Kill) for c in h.flush())
+    h.now = 7.0
+    h.sched.on_time(h.now)
+    assert Kill(0) in h.flush()
+    h.finish_all()
+    values, errors = drain(job)
+    assert values == [0, 1, None, 3]
+    assert isinstance(errors[2], TaskTimeoutError)
+
+
+def test_a_timed_chunk_of_one_item_is_not_polled() -> None:
+    h = Harness(workers=1)
+    h.job(range(1), timeout=5)
+    assert h.sched.next_deadline() == pytest.approx(5.0)
 
 
 def test_deadline_is_rechecked_shortly_when_no_item_is_running() -> None:

@@ -76,11 +76,16 @@ FIRST_CHUNK_ITEMS = 1024
 #: When a deadline passes but the beacon shows no item running, look again
 #: after this long.
 RECHECK_SECONDS = 0.02
+#: While a worker runs a timed chunk of several items, read its beacon at
+#: least this often: when the beacon cannot give an item's start time, the
+#: first time we saw it running bounds it instead.
+POLL_SECONDS = 0.02
 
-Beacon = tuple[int, float | None] | None
-"""What a worker's beacon says: items started since birth, and the start time
-of the item running now (``None`` between items). ``None`` as a whole means
-the reading was torn and should be retried later."""
+BeaconReading = tuple[int, float | None] | None
+"""What a worker's beacon says: items started since birth, and a time by which
+the item running now had started (its start time where the backend knows it;
+``math.inf`` when it cannot tell), or ``None`` between items. ``None`` as a
+whole means the reading was torn and should be retried later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +124,12 @@ class ChunkMessage(tuple[Any, ...]):
     """A chunk to send: ``(job_id, function_payload_or_None, star, args)``.
 
     A plain 4-tuple to every backend; ``timed`` tells a backend whose workers
-    can run untimed chunks faster (processes) that the map has a timeout, so
-    its items must be watched one by one.
+    date their items only when asked (processes) that the map has a timeout.
     """
 
     timed: bool = True
+
+
 Segment = tuple[int, list[Any], dict[int, BaseException] | None]
 
 
@@ -163,7 +169,13 @@ class Slot:
     queued: Chunk | None = None
     queued_at: float = 0.0  # when it was sent: the earliest it can start
     reported: int = 0  # items this worker reported since it started
-    since: float = 0.0  # earliest time the running item can have started
+    # The running item's deadline is ``since + timeout`` at the earliest:
+    # ``on_time`` then reads the beacon and moves it to the item's start.
+    since: float = 0.0
+    poll_at: float = math.inf  # when to read the beacon again (POLL_SECONDS)
+    # The running item as we last saw it: its count, and when we first saw it.
+    seen: int = -1
+    seen_at: float = 0.0
     # Jobs whose function this worker holds, oldest first: a mirror of the
     # worker's own cache, which forgets the oldest beyond FUNCTION_CACHE.
     sent_jobs: dict[int, None] = field(default_factory=dict)
@@ -253,7 +265,7 @@ class Scheduler:
     ``workers`` is the pool size; ``encode`` turns a chunk message into bytes
     (bytes for a pipe, or the message itself for an in-process backend; it
     may raise for unpicklable arguments); ``beacon(wid)`` reads what a
-    worker is running (see ``Beacon``). ``item_beacon=False`` says the
+    worker is running (see ``BeaconReading``). ``item_beacon=False`` says the
     beacon cannot tell which item of a chunk is running (an executor's or
     dask's future runs a whole chunk): maps with a timeout then get one item
     per chunk, unless they set ``chunksize``, so that timeouts stay per item.
@@ -264,7 +276,7 @@ class Scheduler:
         workers: int,
         *,
         encode: Callable[[object], object],
-        beacon: Callable[[int], Beacon],
+        beacon: Callable[[int], BeaconReading],
         max_tasks_per_worker: int | None = None,
         item_beacon: bool = True,
         can_kill: bool = True,
@@ -556,6 +568,8 @@ class Scheduler:
         else:
             slot.chunk = Chunk(job, start, args, run.attempt)
             slot.since = now
+            if message.timed and size > 1:
+                slot.poll_at = now + POLL_SECONDS
         job.running += size
         self._commands.append(Send(slot.wid, payload))
 
@@ -773,7 +787,7 @@ class Scheduler:
         for slot in self.slots.values():
             chunk = slot.chunk
             if chunk is not None and chunk.job.config.timeout is not None:
-                deadline = slot.since + chunk.job.config.timeout
+                deadline = min(slot.since + chunk.job.config.timeout, slot.poll_at)
                 if best is None or deadline < best:
                     best = deadline
         return best
@@ -786,19 +800,29 @@ class Scheduler:
             if chunk is None or slot.wid not in self.slots:
                 continue
             timeout = chunk.job.config.timeout
-            if timeout is None or slot.since + timeout > now:
+            if timeout is None:
                 continue
+            due = slot.since + timeout <= now
+            if not due and slot.poll_at > now:
+                continue
+            slot.poll_at = now + POLL_SECONDS if len(chunk.args) - chunk.done > 1 else math.inf
             reading = self._beacon(slot.wid)
-            running_since = None if reading is None else reading[1]
-            if reading is None or running_since is None:
+            if reading is None or reading[1] is None:
                 # A torn read, or no item running right now (the worker is
                 # starting, or sending results): look again shortly.
-                slot.since = now - timeout + min(timeout, RECHECK_SECONDS)
+                if due:
+                    slot.since = now - timeout + min(timeout, RECHECK_SECONDS)
                 continue
-            if running_since + timeout > now:
-                slot.since = running_since
+            count = reading[0]
+            if count != slot.seen:
+                slot.seen, slot.seen_at = count, now
+            # The item was running when we first saw it: that bounds its
+            # start when the beacon cannot (a deadline may be late, never early).
+            started_by = min(reading[1], slot.seen_at)
+            if started_by + timeout > now:
+                slot.since = started_by
                 continue
-            pos = chunk.done + (reading[0] - slot.reported) - 1
+            pos = chunk.done + (count - slot.reported) - 1
             if not chunk.done <= pos < len(chunk.args):
                 slot.since = now - timeout + min(timeout, RECHECK_SECONDS)
                 continue

@@ -4,7 +4,7 @@ Protocol on the worker's own pipe (every message is one pickled tuple):
 
 * parent → worker: ``(job_id, function_or_None, star, timed, pickled_args)``,
   a chunk; the function is sent once per job and cached; ``timed`` says the
-  map has a timeout (its items must be watched one by one); the arguments
+  map has a timeout (the watch thread then dates its items); the arguments
   are pickled on their own; ``b""`` means stop. A worker may be sent its
   next chunk while it runs one: it runs them in order.
 * worker → parent: ``(READY,)`` once started; ``(INIT_FAILED, error)`` if the
@@ -12,15 +12,17 @@ Protocol on the worker's own pipe (every message is one pickled tuple):
   outcomes of the current chunk, in order.
 
 Outcomes are batched for at most ``FLUSH_SECONDS`` so that tiny items do not
-pay a message each. The *beacon*, two doubles in shared memory, tells the
-parent at any moment how many items this worker has started and when the
-current one began, which is what per-item deadlines and crash blame read.
+pay a message each. The *beacon* (``Beacon``, a few numbers in shared memory)
+tells the parent at any moment how many items this worker has started and
+since when the current one runs, which is what per-item deadlines and crash
+blame read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import pickle
 import select
@@ -35,13 +37,16 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ._results import ErrorPayload, rebuild_error
-from ._scheduler import FUNCTION_CACHE
+from ._scheduler import FUNCTION_CACHE, BeaconReading
 
 READY, BATCH, INIT_FAILED, UNDECODABLE = 0, 1, 2, 3
 FLUSH_SECONDS = 0.005
 WATCH_SECONDS = 0.05
+#: While a timed chunk runs, the watch thread looks this often for an item
+#: whose start time the beacon does not give yet (see ``Beacon``).
+STAMP_SECONDS = 0.005
 PROTOCOL = 5
-#: A map without a timeout runs its chunk in slices that take about this long.
+#: A worker runs its chunk in slices that take about this long.
 SLICE_SECONDS = 0.001
 MAX_SLICE = 4096
 _SIMPLE = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -125,15 +130,89 @@ def _raiser(exc: BaseException) -> Callable[..., Any]:
     return fail
 
 
+class Beacon:
+    """A worker's beacon: five numbers in shared memory, read by the parent.
+
+    Reading the clock for every item would cost a map of tiny items a third
+    of its speed, so the worker runs items in *slices* and reads it once per
+    slice; per item it only stores a count. The slots:
+
+    ``START``    start of the running slice (-1.0 between slices)
+    ``STARTED``  items started since the worker was born (the running one included)
+    ``FIRST``    the count of the slice's first item, whose start is ``START``
+    ``STAMP``    a time by which item ``STAMPED`` had surely started (-1.0
+                 while being written): while a timed chunk runs, the watch
+                 thread stamps each item it sees running that is not the
+                 first of its slice, within ``STAMP_SECONDS``
+    ``STAMPED``  the count that ``STAMP`` is about
+
+    The running item's start time is therefore exact for the first item of a
+    slice (items of a millisecond or more run one per slice), and otherwise
+    known to within ``STAMP_SECONDS`` unless the item holds the GIL; the
+    scheduler then falls back on when it first saw the item running. A
+    deadline can be late by that much, never early.
+
+    Each writer stores a time last (and invalidates it first), and the
+    reader trusts only a reading whose two reads of that time agree.
+    """
+
+    SLOTS = 5
+    START, STARTED, FIRST, STAMP, STAMPED = range(5)
+
+    __slots__ = ("counts", "times")
+
+    def __init__(self, shared: Any) -> None:
+        raw = memoryview(shared).cast("B")
+        # Times are doubles, counts int64s in the same slots (storing an int
+        # through a "q" view is twice as fast as converting it into a double).
+        self.times: memoryview[float] = raw.cast("d")
+        self.counts: memoryview[int] = raw.cast("q")
+
+    def reset(self) -> None:
+        """Say "between items, nothing stamped" (the parent does this at spawn)."""
+        self.times[self.START] = -1.0
+        self.times[self.STAMP] = -1.0
+
+    def read(self) -> BeaconReading:
+        """What the worker is running, as the scheduler wants it (``BeaconReading``)."""
+        times, counts = self.times, self.counts
+        t1 = times[self.START]
+        started = counts[self.STARTED]
+        first = counts[self.FIRST]
+        s1 = times[self.STAMP]
+        stamped = counts[self.STAMPED]
+        s2 = times[self.STAMP]
+        if t1 != times[self.START]:
+            return None  # a new slice began while we read
+        if t1 < 0 or started < first:
+            return (started, None)  # between items
+        if started == first:
+            return (started, t1)
+        if stamped == started and s1 == s2 and s1 >= 0:
+            return (started, s1)
+        return (started, math.inf)
+
+    def stamp(self, last: int) -> int:
+        """Stamp the running item if it is new since ``last``; return the stamped count."""
+        times, counts = self.times, self.counts
+        t1 = times[self.START]
+        started = counts[self.STARTED]
+        first = counts[self.FIRST]
+        if t1 != times[self.START] or t1 < 0 or started <= first or started == last:
+            return last
+        # Read after the count: the item had started by now.
+        at = time.monotonic()
+        times[self.STAMP] = -1.0
+        counts[self.STAMPED] = started
+        times[self.STAMP] = at
+        return started
+
+
 class _Worker:
     def __init__(self, conn: Connection, beacon: Any) -> None:
         self.conn = conn
-        raw = memoryview(beacon).cast("B")
-        # The start time is a double, the count an int64 in the same two
-        # slots (storing an int through a "q" view is twice as fast as
-        # converting it into a double).
-        self.beacon = raw.cast("d")
-        self.counter = raw.cast("q")
+        self.beacon = Beacon(beacon)
+        self.timed = False  # a timed chunk is running: stamp its items
         # The main thread appends here without the lock (deque appends are
         # atomic); whoever flushes holds ``lock``.
         self.out: deque[Any] = deque()
@@ -185,10 +264,13 @@ class _Worker:
                 os._exit(0)
             except (AttributeError, OSError):
                 pidfd = None
+        stamped = -1
         while True:
-            time.sleep(WATCH_SECONDS)
+            time.sleep(STAMP_SECONDS if self.timed else WATCH_SECONDS)
             if os.getppid() != parent or _gone(owner, pidfd):
                 os._exit(0)
+            if self.timed:
+                stamped = self.beacon.stamp(stamped)
             stale = self.out and time.monotonic() - self.last_flush >= FLUSH_SECONDS
             if stale and self.lock.acquire(blocking=False):
                 try:
@@ -217,75 +299,25 @@ class _Worker:
                 # stay alive for the next chunk.
                 self.send((UNDECODABLE, encode_error(exc)))
                 continue
-            if timed:
-                started = self._run_timed(fn, star, chunk, started)
-            else:
-                started = self._run_sliced(fn, star, chunk, started)
+            # The watch thread names the running item's start time while
+            # a timed chunk runs (see ``watch``).
+            self.timed = timed
+            started = self._run_chunk(fn, star, chunk, started)
+            self.timed = False
             with self.lock:
                 self.flush()
 
-    def _run_timed(self, fn: Callable[..., Any], star: bool, chunk: list[Any], started: int) -> int:
-        """Run a chunk item by item, the beacon naming each item and its start.
+    def _run_chunk(self, fn: Callable[..., Any], star: bool, chunk: list[Any], started: int) -> int:
+        """Run a chunk in slices, with as few steps per item as possible.
 
-        Per-item deadlines need it: the parent reads time, count, time and
-        trusts only a reading whose two times agree, so the count is written
-        while the time says "between items" (-1), and the time after it.
+        Per item only the count goes into the beacon; the clock is read once
+        per slice (see ``Beacon``). A slice grows while it takes under
+        ``SLICE_SECONDS``, so that long items still go one by one, each with
+        an exact start time, and their outcomes are not held back. Before
+        outcomes are sent the beacon says "between items".
         """
-        beacon, counter, out, lock = self.beacon, self.counter, self.out, self.lock
-        append = out.append
-        monotonic = time.monotonic
-        flush_seconds = FLUSH_SECONDS
-        last = self.last_flush
-        since = monotonic()
-        # Two copies of the loop, so that neither tests ``star`` per item.
-        if star:
-            for counter[1], args in enumerate(chunk, started + 1):
-                beacon[0] = t = monotonic()
-                try:
-                    append(fn(*args))
-                except BaseException as exc:
-                    append(_Failed(encode_error(exc)))
-                    last = -flush_seconds  # send a failure at once
-                beacon[0] = -1.0
-                if t - last >= flush_seconds:
-                    with lock:
-                        now = monotonic()
-                        self.busy += now - since
-                        since = now
-                        self.flush()
-                    last = self.last_flush
-        else:
-            for counter[1], args in enumerate(chunk, started + 1):
-                beacon[0] = t = monotonic()
-                try:
-                    append(fn(args))
-                except BaseException as exc:
-                    append(_Failed(encode_error(exc)))
-                    last = -flush_seconds
-                beacon[0] = -1.0
-                if t - last >= flush_seconds:
-                    with lock:
-                        now = monotonic()
-                        self.busy += now - since
-                        since = now
-                        self.flush()
-                    last = self.last_flush
-        self.busy += monotonic() - since
-        return started + len(chunk)
-
-    def _run_sliced(
-        self, fn: Callable[..., Any], star: bool, chunk: list[Any], started: int
-    ) -> int:
-        """Run a chunk of a map without a timeout in slices, with fewer steps per item.
-
-        No deadline needs an item's start time, so each item only stores its
-        count (crash blame stays exact: a start time is stored once per
-        slice, meaning "the counted item is running"); the clock is read once
-        per slice. A slice grows while it takes under ``SLICE_SECONDS``, so
-        that long items still go one by one and their outcomes are not held
-        back. Before outcomes are sent the beacon says "between items".
-        """
-        beacon, counter, out, lock = self.beacon, self.counter, self.out, self.lock
+        times, counts, out, lock = self.beacon.times, self.beacon.counts, self.out, self.lock
+        start_slot, started_slot, first_slot = Beacon.START, Beacon.STARTED, Beacon.FIRST
         monotonic = time.monotonic
         total = len(chunk)
         pos = 0
@@ -295,21 +327,22 @@ class _Worker:
             part = chunk[pos : pos + size]
             done: list[Any] = []
             append = done.append
+            counts[first_slot] = started + 1
             t0 = monotonic()
-            beacon[0] = t0
+            times[start_slot] = t0
             try:
                 if star:
-                    for counter[1], args in enumerate(part, started + 1):
+                    for counts[started_slot], args in enumerate(part, started + 1):
                         append(fn(*args))
                 else:
-                    for counter[1], args in enumerate(part, started + 1):
+                    for counts[started_slot], args in enumerate(part, started + 1):
                         append(fn(args))
             except BaseException as exc:
                 # The items before the raising one keep their outcomes; the
                 # rest of the slice runs in the next turn.
                 append(_Failed(encode_error(exc)))
                 failed = True
-            beacon[0] = -1.0
+            times[start_slot] = -1.0
             t1 = monotonic()
             started += len(done)  # the items run, and the one that raised
             pos += len(done)

@@ -42,7 +42,7 @@ from functools import partial
 from typing import Any, cast
 
 from .._options import PoolConfig
-from .._scheduler import Beacon, Scheduler
+from .._scheduler import BeaconReading, Scheduler
 from .._worker import PROTOCOL, decode_batch, run_chunk
 from .base import Waitable
 from .thread import (
@@ -204,7 +204,7 @@ class ExecutorBackend:
     def waitables(self) -> list[Waitable]:
         return self._mailbox.waitables()
 
-    def beacon(self, wid: int) -> Beacon:
+    def beacon(self, wid: int) -> BeaconReading:
         slot = self._slots.get(wid)
         if slot is None:
             return None

@@ -20,8 +20,8 @@ from typing import Any, cast
 
 from .._options import PoolConfig
 from .._results import rebuild_error
-from .._scheduler import Beacon, Scheduler
-from .._worker import BATCH, INIT_FAILED, PROTOCOL, READY, UNDECODABLE, worker_main
+from .._scheduler import BeaconReading, Scheduler
+from .._worker import BATCH, INIT_FAILED, PROTOCOL, READY, UNDECODABLE, Beacon, worker_main
 from .base import Waitable
 
 #: How long an idle worker gets to exit after being told to stop.
@@ -56,9 +56,7 @@ class _Proc:
     process: BaseProcess
     conn: Connection
     sentinel: int
-    beacon: Any
-    view: memoryview[float]
-    counter: memoryview[int]
+    beacon: Beacon
     eof: bool = False
 
 
@@ -95,18 +93,16 @@ class ProcessBackend:
         self._reap_retired()
         ctx = self._ctx
         parent_conn, child_conn = ctx.Pipe(duplex=True)
-        beacon = ctx.RawArray("d", 2)
-        raw = memoryview(beacon).cast("B")
-        view = raw.cast("d")
-        view[0] = -1.0
-        counter = raw.cast("q")  # the worker stores its count as an int64
+        shared = ctx.RawArray("d", Beacon.SLOTS)
+        beacon = Beacon(shared)
+        beacon.reset()
         forked = self.start_method == "fork"
         cfg = self._config
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
             args=(
                 child_conn,
-                beacon,
+                shared,
                 cfg.ignore_signals,
                 cfg.initializer,
                 cfg.initargs,
@@ -120,7 +116,7 @@ class ProcessBackend:
             proc.start()
         finally:
             child_conn.close()
-        entry = _Proc(proc, parent_conn, proc.sentinel, beacon, view, counter)
+        entry = _Proc(proc, parent_conn, proc.sentinel, beacon)
         self._procs[wid] = entry
         self._by_waitable[parent_conn] = wid
         self._by_waitable[entry.sentinel] = wid
@@ -183,18 +179,10 @@ class ProcessBackend:
         """Pipes and sentinels to watch."""
         return list(self._by_waitable)
 
-    def beacon(self, wid: int) -> Beacon:
-        """Read worker ``wid``'s beacon (see ``_scheduler.Beacon``)."""
+    def beacon(self, wid: int) -> BeaconReading:
+        """Read worker ``wid``'s beacon (see ``_worker.Beacon``)."""
         entry = self._procs.get(wid)
-        if entry is None:
-            return None
-        view = entry.view
-        t1 = view[0]
-        started = entry.counter[1]
-        t2 = view[0]
-        if t1 != t2:
-            return None
-        return (started, t1 if t1 >= 0 else None)
+        return None if entry is None else entry.beacon.read()
 
     def handle(self, waitable: Waitable, sched: Scheduler, now: float) -> None:
         """Process what became ready on ``waitable``."""

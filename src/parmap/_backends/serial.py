@@ -30,7 +30,7 @@ from contextlib import suppress
 from typing import Any
 
 from .._options import PoolConfig
-from .._scheduler import Beacon, Scheduler
+from .._scheduler import BeaconReading, Scheduler
 from .base import Waitable
 from .thread import LocalFunctions, local_error
 
@@ -106,7 +106,7 @@ class SerialBackend:
     def waitables(self) -> list[Waitable]:
         return [] if self._closed else [self._r]
 
-    def beacon(self, wid: int) -> Beacon:
+    def beacon(self, wid: int) -> BeaconReading:
         slot = self._slots.get(wid)
         return None if slot is None else slot.beacon
 

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from .._options import PoolConfig
 from .._results import rebuild_error
-from .._scheduler import Beacon, Scheduler
+from .._scheduler import BeaconReading, Scheduler
 from .._worker import encode_error, load_function
 from .base import Waitable
 
@@ -287,7 +287,7 @@ class ThreadBackend:
     def waitables(self) -> list[Waitable]:
         return self._mailbox.waitables()
 
-    def beacon(self, wid: int) -> Beacon:
+    def beacon(self, wid: int) -> BeaconReading:
         lane = self._lanes.get(wid)
         return None if lane is None else lane.beacon
 
