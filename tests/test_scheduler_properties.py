@@ -1,14 +1,16 @@
 """Property-based tests of the scheduler core against a faithful model of workers.
 
 Hypothesis draws a pool (size, ``max_tasks_per_worker``, how often a beacon
-read is torn, how many workers get killed from outside) and one or two maps
+read is torn, how often it cannot date the running item, how many workers get
+killed from outside) and one or two maps
 (inputs whose runs return, raise, hang or crash, unpicklable arguments, an
 input that raises, chunk size, buffer, retries, timeouts, ``raise`` or
 ``collect``, ordered or not, an early cancel). A seeded random walk then plays
 the world around the scheduler, the way the drivers and real workers would:
 
 * model workers receive the ``Send`` payloads (``encode`` returns the message
-  tuple itself), run their chunk's items in order, keep a beacon, report
+  tuple itself), run their chunk's items in order, keep a beacon (which may
+  date a running item only later, or never, as a real one may), report
   outcomes in batches (at once after a failure, otherwise whenever they like),
   die mid-item (crash fates, outside kills) or hang until killed;
 * time is fake and only moves forward; ``on_time`` runs when a deadline
@@ -22,6 +24,7 @@ of each map the outcome of every input against what really happened to it.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
@@ -88,6 +91,10 @@ class Spec:
     #: Let time jump to a deadline only while every running item hangs, so
     #: that items which return never outlive a timeout.
     patient: bool = False
+    #: How often the beacon cannot give a running item's start: it says
+    #: "started by <infinity>" until a later stamp dates it (the real worker's
+    #: watch thread), or for good (an item that holds the GIL).
+    undated_rate: float = 0.0
 
 
 @st.composite
@@ -132,6 +139,7 @@ specs = st.builds(
     workers=st.integers(1, 3),
     max_tasks=st.one_of(st.none(), st.none(), st.integers(1, 4)),
     torn_rate=st.sampled_from([0.0, 0.0, 0.25]),
+    undated_rate=st.sampled_from([0.0, 0.5, 1.0]),
     outside_kills=st.integers(0, 3),
     startup_deaths=st.integers(0, 2),
     close_at=st.one_of(st.none(), st.none(), st.none(), st.integers(0, 300)),
@@ -156,6 +164,7 @@ class ModelWorker:
     running_fate: str = "ok"
     running_start: float = 0.0
     started: int = 0  # beacon: items started since birth
+    dated: float | None = None  # beacon: a time by which the running item had started
     assigned: int = 0  # items ever sent to it (max_tasks_per_worker)
     busy: float = 0.0
     last_read: tuple[bool, int | None] | None = None  # (torn, running item)
@@ -226,7 +235,9 @@ class Sim:
         worker.last_read = (torn, worker.running)
         if torn:
             return None
-        return (worker.started, worker.running_start if worker.running is not None else None)
+        if worker.running is None:
+            return (worker.started, None)
+        return (worker.started, math.inf if worker.dated is None else worker.dated)
 
     # ------------------------------------------------------------- commands
     def execute(self) -> None:
@@ -328,6 +339,8 @@ class Sim:
                 events.append((4, ("start", wid)))
             if w.running is not None and w.running_fate != "hang":
                 events.append((4, ("finish", wid)))
+            if w.running is not None and w.dated is None:
+                events.append((1, ("stamp", wid)))
             if w.unreported:
                 events.append((2, ("flush", wid)))
             if self.outside_kills:
@@ -410,6 +423,7 @@ class Sim:
         w.started += 1
         w.running = index
         w.running_start = self.now
+        w.dated = self.now if self.rng.random() >= self.spec.undated_rate else None
         state = self.states[jid]
         fates = state.spec.fates[index]
         w.running_fate = fates[min(state.runs[index], len(fates) - 1)]
@@ -433,6 +447,9 @@ class Sim:
         w.unreported.append((index, ("error", error)))
         self.states[jid].failed_runs[index] += 1
         self.flush(w)  # a real worker sends a failure at once
+
+    def ev_stamp(self, wid: int) -> None:
+        self.workers[wid].dated = self.now
 
     def ev_flush(self, wid: int) -> None:
         self.flush(self.workers[wid])
