@@ -568,8 +568,7 @@ class Scheduler:
         else:
             slot.chunk = Chunk(job, start, args, run.attempt)
             slot.since = now
-            if message.timed and size > 1:
-                slot.poll_at = now + POLL_SECONDS
+            slot.poll_at = now + POLL_SECONDS if message.timed and size > 1 else math.inf
         job.running += size
         self._commands.append(Send(slot.wid, payload))
 
