@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,28 +70,24 @@ def main() -> int:
     count = bad = 0
     complete = True
     t0 = time.monotonic()
+    outcomes: Iterator[Any]
     if pool is not None:
-        for _ in pool.imap_unordered(_tasks.square, generated(n), chunksize=1000):
-            count += 1
-            if not count & 4095:
-                peak = max(peak, rss())
-                if time.monotonic() - t0 > cap:
-                    complete = False
-                    break
+        outcomes = pool.imap_unordered(_tasks.square, generated(n), chunksize=1000)
     else:
-        it = parmap.imap(_tasks.square, generated(n), workers=2, ordered=impl == "parmap-ordered")
-        for out in it:
-            count += 1
-            if not out.ok:
-                bad += 1
-            if not count & 4095:
-                peak = max(peak, rss())
-                if time.monotonic() - t0 > cap:
-                    complete = False
-                    break
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+        ordered = impl == "parmap-ordered"
+        outcomes = parmap.imap(_tasks.square, generated(n), workers=2, ordered=ordered)
+    for out in outcomes:
+        count += 1
+        if pool is None and not out.ok:
+            bad += 1
+        if not count & 4095:
+            peak = max(peak, rss())
+            if time.monotonic() - t0 > cap:
+                complete = False
+                break
+    close = getattr(outcomes, "close", None)  # parmap's stream stops its workers
+    if close is not None:
+        close()
     seconds = time.monotonic() - t0
     peak = max(peak, rss())
     hwm = high_water_mark() if hwm_reset else None

@@ -348,6 +348,27 @@ def need_parmap() -> ModuleType:
 # workloads
 
 
+def square_rates(
+    runs: dict[str, tuple[Callable[[], Any], int]], rounds: int
+) -> dict[str, list[float]]:
+    """Items per second of each x*x run, per round, in rotating order.
+
+    ``runs`` maps a name to (run the map, how many items it squares); round
+    -1 starts the pools and is not counted.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(-1, rounds):
+        for name in rotate(list(runs), r):
+            fn, count = runs[name]
+            t0 = time.perf_counter()
+            out = fn()
+            dt = time.perf_counter() - t0
+            check_squares(values_of(out), count, name)
+            if r >= 0:
+                rates[name].append(count / dt)
+    return rates
+
+
 def bench_throughput(ctx: Ctx) -> None:
     """200,000 calls of x*x on warm pools: items per second."""
     s = ctx.sizes
@@ -374,16 +395,7 @@ def bench_throughput(ctx: Ctx) -> None:
             wp = stack.enter_context(mpire.WorkerPool(n_jobs=WORKERS, keep_alive=True))
             runs["mpire"] = (lambda: wp.map(_tasks.square, xs), n)
 
-        rates: dict[str, list[float]] = {name: [] for name in runs}
-        for r in range(-1, s.rounds):  # round -1 starts the pools and is not counted
-            for name in rotate(list(runs), r):
-                fn, count = runs[name]
-                t0 = time.perf_counter()
-                out = fn()
-                dt = time.perf_counter() - t0
-                check_squares(values_of(out), count, name)
-                if r >= 0:
-                    rates[name].append(count / dt)
+        rates = square_rates(runs, s.rounds)
     ctx.raw["throughput"] = rates
     peers = {name: fmt_rate(median(v)) for name, v in rates.items() if name != "parmap"}
     slow = f"{PPE}" + (" and pebble" if pebble is not None else "")
@@ -439,16 +451,7 @@ def bench_throughput_timeout(ctx: Ctx) -> None:
         if mpire is not None:
             wp = stack.enter_context(mpire.WorkerPool(n_jobs=WORKERS, keep_alive=True))
             runs["mpire"] = (lambda: wp.map(_tasks.square, xs, task_timeout=10), n)
-        rates: dict[str, list[float]] = {name: [] for name in runs}
-        for r in range(-1, s.rounds):
-            for name in rotate(list(runs), r):
-                fn, count = runs[name]
-                t0 = time.perf_counter()
-                out = fn()
-                dt = time.perf_counter() - t0
-                check_squares(values_of(out), count, name)
-                if r >= 0:
-                    rates[name].append(count / dt)
+        rates = square_rates(runs, s.rounds)
     ctx.raw["throughput_timeout"] = rates
     peers = {k: fmt_rate(median(v)) for k, v in rates.items() if k in PEERS}
     if pebble is not None:

@@ -73,6 +73,7 @@ def decorated_square(x: int) -> int:
 
 # --- core end-to-end jobs (tests/test_core.py) ---------------------------------
 
+
 def write_pid_then_hang(x: int, hang_on: int, marker_dir: str) -> int:
     """Record which process runs `x`; hang forever on `hang_on`."""
     from pathlib import Path
@@ -94,11 +95,10 @@ def fail_first_attempt(x: int, marker_dir: str) -> int:
     return x
 
 
-def crash_how(x: int, how: str, on: int) -> int:
-    if x != on:
-        return x
+def misbehave(how: str, message: str = "raised") -> None:
+    """Fail as ``how`` says: raise, SystemExit, exit the process, segfault, SIGKILL or hang."""
     if how == "raise":
-        raise RuntimeError("raised")
+        raise RuntimeError(message)
     if how == "sys_exit":
         raise SystemExit(7)
     if how == "os_exit":
@@ -109,7 +109,16 @@ def crash_how(x: int, how: str, on: int) -> int:
         ctypes.string_at(0)
     if how == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if how == "hang":
+        time.sleep(3600)
     raise AssertionError(how)
+
+
+def crash_how(x: int, how: str, on: int) -> int:
+    if x != on:
+        return x
+    misbehave(how)
+    return x
 
 
 class ExitWhenPickled:
@@ -271,15 +280,9 @@ def async_sleep_or_raise(marker_dir: str, index: int, seconds: float) -> int:
 
 
 def hard_chaos(index: int, kind: str) -> int:
-    """Return ``2 * index``, or misbehave as ``kind`` says."""
-    if kind == "raise":
-        raise RuntimeError(f"chaos item {index} raised")
-    if kind == "hang":
-        time.sleep(3600)
-    elif kind == "exit":
-        os._exit(7)
-    elif kind == "sigkill":
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Return ``2 * index``, or misbehave as ``kind`` says (``"ok"``: behave)."""
+    if kind != "ok":
+        misbehave(kind, f"chaos item {index} raised")
     return 2 * index
 
 

@@ -488,55 +488,41 @@ def test_blocking_map_on_a_pool_serving_an_event_loop_is_refused(run: Run, tmp_p
     run(main())
 
 
-def test_async_map_on_a_pool_running_a_blocking_map_is_refused(run: Run, tmp_path: Path) -> None:
+def _map_blocking(pool: Pool, tmp_path: Path) -> Any:
+    return pool.pmap(jobs.async_marked_sleep, *sleeper_args(tmp_path, [1.5, 1.5]))
+
+
+def _map_on_another_loop(pool: Pool, tmp_path: Path) -> Any:
+    return asyncio.run(pool.apmap(jobs.async_marked_sleep, *sleeper_args(tmp_path, [1.0, 1.0])))
+
+
+@pytest.mark.parametrize(
+    ("holder", "refusal"),
+    [(_map_blocking, "blocking map"), (_map_on_another_loop, "another event loop")],
+    ids=["blocking-map", "another-loop"],
+)
+def test_an_async_map_on_a_pool_busy_elsewhere_is_refused(
+    run: Run, tmp_path: Path, holder: Callable[[Pool, Path], Any], refusal: str
+) -> None:
+    # Another thread holds the pool with a blocking map, or with an async map
+    # on its own event loop: an async map here is refused, and theirs goes on.
     with Pool(workers=2) as pool:
         pool.pmap(jobs.square, range(2))  # start the workers from this thread
         outcome: dict[str, Any] = {}
 
-        def blocking() -> None:
+        def other_thread() -> None:
             try:
-                outcome["result"] = pool.pmap(
-                    jobs.async_marked_sleep, *sleeper_args(tmp_path, [1.5, 1.5])
-                )
+                outcome["result"] = holder(pool, tmp_path)
             except BaseException as exc:  # reported below, in the test's thread
                 outcome["error"] = exc
 
-        thread = threading.Thread(target=blocking)
+        thread = threading.Thread(target=other_thread)
         thread.start()
         try:
 
             async def main() -> None:
                 await wait_for_files(tmp_path, ["0.pid", "1.pid"])
-                with pytest.raises(RuntimeError, match="blocking map"):
-                    await pool.apmap(jobs.square, range(3))
-
-            run(main())
-        finally:
-            thread.join()
-        assert "error" not in outcome, outcome
-        assert list(outcome["result"]) == [0, 1]
-
-
-def test_an_async_map_on_a_pool_serving_another_loop_is_refused(run: Run, tmp_path: Path) -> None:
-    with Pool(workers=2) as pool:
-        pool.pmap(jobs.square, range(2))  # start the workers from this thread
-        outcome: dict[str, Any] = {}
-
-        def other_loop() -> None:
-            try:
-                outcome["result"] = asyncio.run(
-                    pool.apmap(jobs.async_marked_sleep, *sleeper_args(tmp_path, [1.0, 1.0]))
-                )
-            except BaseException as exc:  # reported below, in the test's thread
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=other_loop)
-        thread.start()
-        try:
-
-            async def main() -> None:
-                await wait_for_files(tmp_path, ["0.pid", "1.pid"])
-                with pytest.raises(RuntimeError, match="another event loop"):
+                with pytest.raises(RuntimeError, match=refusal):
                     await pool.apmap(jobs.square, range(3))
 
             run(main())

@@ -35,7 +35,7 @@ def chaos_plan(n: int, seed: int, *, hangs: int) -> list[str]:
     plan = []
     for _ in range(n):
         r = rng.random()
-        kind = "raise" if r < 0.02 else "exit" if r < 0.023 else "sigkill" if r < 0.026 else "ok"
+        kind = "raise" if r < 0.02 else "os_exit" if r < 0.023 else "sigkill" if r < 0.026 else "ok"
         plan.append(kind)
     for index in rng.sample(range(n), min(hangs, n)):
         plan[index] = "hang"
@@ -52,7 +52,7 @@ def check_outcome(index: int, kind: str, value: object, error: BaseException | N
     elif kind == "hang":
         assert isinstance(error, TaskTimeoutError), where
         assert error.index == index and error.timeout == TIMEOUT, where
-    elif kind == "exit":
+    elif kind == "os_exit":
         assert isinstance(error, WorkerCrashedError), where
         assert error.index == index and error.exitcode == 7 and error.signal is None, where
     else:
@@ -121,7 +121,7 @@ def test_chaos_with_slow_starting_workers(method: str) -> None:
     """Replacements that take a while to start (spawn, forkserver) still get the work right."""
     rng = random.Random(method)
     plan = ["ok"] * 400
-    kinds = ["exit", "sigkill"] * 3 + ["hang"] * 2
+    kinds = ["os_exit", "sigkill"] * 3 + ["hang"] * 2
     for index, kind in zip(rng.sample(range(400), len(kinds)), kinds, strict=True):
         plan[index] = kind
     with Pool(workers=3, start_method=method) as pool:

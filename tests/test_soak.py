@@ -120,7 +120,7 @@ def test_fresh_pools_and_module_level_maps_leave_nothing_behind() -> None:
 @pytest.mark.timeout(300)
 def test_maps_that_fail_time_out_and_crash_leave_nothing_behind() -> None:
     """The error paths (kill, respawn, abort) leak nothing either."""
-    plan = ["ok", "raise", "hang", "sigkill", "exit", "ok"]
+    plan = ["ok", "raise", "hang", "sigkill", "os_exit", "ok"]
     rounds = max(10, POOL_MAPS // 30)
 
     def one_map(i: int) -> None:
