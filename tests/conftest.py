@@ -10,32 +10,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-_MP_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
-
-
-def _is_mp_helper(proc: psutil.Process) -> bool:
-    """multiprocessing's own long-lived helpers, started once per interpreter."""
-    try:
-        return any(helper in " ".join(proc.cmdline()) for helper in _MP_HELPERS)
-    except psutil.Error:
-        return False
-
-
-def _children() -> list[psutil.Process]:
-    # Workers started by the forkserver are its children: they still count.
-    children = psutil.Process(os.getpid()).children(recursive=True)
-    return [p for p in children if not _is_mp_helper(p)]
-
-
-def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for proc in procs:
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
+from .procs import running_children
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -61,13 +36,13 @@ def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     Pools owned by a test are closed by the test itself; a short grace period
     lets processes that were already told to stop finish exiting.
     """
-    before = {p.pid for p in _children()}
+    before = {p.pid for p in running_children()}
     yield
     if request.node.get_closest_marker("allow_leftover"):
         return
     deadline = time.monotonic() + 5.0
     while True:
-        left = [p for p in _alive(_children()) if p.pid not in before]
+        left = [p for p in running_children() if p.pid not in before]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)

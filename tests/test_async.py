@@ -21,7 +21,6 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import uvloop
 from tqdm import tqdm
@@ -30,6 +29,7 @@ import parmap
 from parmap import MapResult, Pool, TaskTimeoutError
 
 from . import jobs
+from .procs import pid_running, running_children
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -72,29 +72,17 @@ def pids(directory: Path, indexes: Iterable[int]) -> list[int]:
     return [int((directory / f"{i}.pid").read_text()) for i in indexes]
 
 
-def alive(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
 async def wait_until_dead(pid_list: list[int], timeout: float = STOP_BOUND) -> None:
     deadline = time.monotonic() + timeout
-    while any(alive(pid) for pid in pid_list):
+    while any(pid_running(pid) for pid in pid_list):
         if time.monotonic() > deadline:
-            raise AssertionError(f"workers still alive: {[p for p in pid_list if alive(p)]}")
+            raise AssertionError(f"workers still alive: {[p for p in pid_list if pid_running(p)]}")
         await asyncio.sleep(0.01)
 
 
 def children() -> set[int]:
     """Live child processes of this test process."""
-    found = set()
-    for proc in psutil.Process().children(recursive=True):
-        with suppress(psutil.NoSuchProcess):
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                found.add(proc.pid)
-    return found
+    return {p.pid for p in running_children()}
 
 
 def sleeper_args(directory: Path, seconds: list[float]) -> tuple[Any, ...]:
@@ -195,7 +183,7 @@ def test_leaving_a_map_early_kills_the_workers_running_it(
                 await wait_until_dead(workers)
             else:
                 # The cancellation reached us only after the workers were reaped.
-                assert not [pid for pid in workers if alive(pid)]
+                assert not [pid for pid in workers if pid_running(pid)]
             assert time.monotonic() - stopped_at < STOP_BOUND
             # The pool replaced them and still works.
             assert list(await pool.apmap(jobs.square, range(5))) == [0, 1, 4, 9, 16]
@@ -217,7 +205,7 @@ def test_cancelling_module_level_apmap_leaves_no_process(run: Run, tmp_path: Pat
         with pytest.raises(asyncio.CancelledError):
             await task
         assert time.monotonic() - started < STOP_BOUND
-        assert not [pid for pid in workers if alive(pid)]
+        assert not [pid for pid in workers if pid_running(pid)]
         assert children() <= before  # the map's own pool is gone too
 
     run(main())
@@ -357,7 +345,7 @@ def test_async_generator_that_raises_stops_the_workers_and_propagates(
                     jobs.async_marked_sleep, repeat(str(tmp_path)), range(100), seconds(), buffer=4
                 )
             # Raised only after the worker running input 0 was killed.
-            assert not alive(pids(tmp_path, [0])[0])
+            assert not pid_running(pids(tmp_path, [0])[0])
             assert list(await pool.apmap(jobs.square, range(3))) == [0, 1, 4]
 
     run(main())
@@ -427,7 +415,7 @@ def test_apmap_timeout_fails_the_item_and_kills_its_worker(run: Run, tmp_path: P
                 on_error="collect",
             )
             # Killed before the map returned, not merely at pool shutdown.
-            assert not alive(pids(tmp_path, [1])[0])
+            assert not pid_running(pids(tmp_path, [1])[0])
             return result
 
     result = run(main())
@@ -553,7 +541,7 @@ def test_first_failure_stops_the_map_and_kills_its_running_items(run: Run, tmp_p
                     jobs.async_sleep_or_raise, *sleeper_args(tmp_path, [-1.0, FOREVER, FOREVER])
                 )
             assert time.monotonic() - started < STOP_BOUND
-            assert not alive(pids(tmp_path, [1])[0])
+            assert not pid_running(pids(tmp_path, [1])[0])
 
     run(main())
 
@@ -579,7 +567,7 @@ def test_closing_the_pool_fails_the_running_map(run: Run, tmp_path: Path) -> Non
         pool.close()
         with pytest.raises(RuntimeError, match="closed"):
             await task
-        assert not [pid for pid in pids(tmp_path, [0, 1]) if alive(pid)]
+        assert not [pid for pid in pids(tmp_path, [0, 1]) if pid_running(pid)]
 
     run(main())
 

@@ -26,6 +26,7 @@ from parmap import (
 )
 
 from . import jobs
+from .procs import pid_running, running
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,7 +89,7 @@ def test_timed_out_item_stops_running_and_its_worker_is_replaced(tmp_path: Path)
         assert isinstance(error, TaskTimeoutError) and isinstance(error, TimeoutError)
         assert error.index == 3 and error.timeout == 1
         hung_pid = int((tmp_path / "3.pid").read_text())
-        assert not psutil.pid_exists(hung_pid) or psutil.Process(hung_pid).status() == "zombie"
+        assert not pid_running(hung_pid)
         # Still two live workers, neither of them the killed one.
         workers = psutil.Process().children()
         assert hung_pid not in {p.pid for p in workers}
@@ -417,7 +418,7 @@ def test_decorated_pool_is_restarted_after_close() -> None:
 def test_no_process_outlives_a_module_level_map() -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     pmap(jobs.square, range(100), workers=3)
-    after = {p.pid for p in psutil.Process().children(recursive=True) if p.status() != "zombie"}
+    after = {p.pid for p in running(psutil.Process().children(recursive=True))}
     assert after - before == set()
 
 

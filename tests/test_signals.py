@@ -25,6 +25,7 @@ import pytest
 from parmap import Pool, WorkerCrashedError
 
 from . import jobs
+from .procs import running, wait_ended
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "signal_parent.py"
 WORKERS = 2  # as in the script
@@ -47,25 +48,6 @@ def wait_for_markers(
             pytest.fail(f"the parent exited early ({proc.returncode}):\n{out}\n{err}")
         assert time.monotonic() < deadline, "the items never started"
         time.sleep(0.01)
-
-
-def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    result = []
-    for proc in procs:
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                result.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return result
-
-
-def wait_gone(procs: list[psutil.Process], bound: float) -> list[psutil.Process]:
-    """Wait up to ``bound`` seconds for ``procs`` to end; return those still alive."""
-    deadline = time.monotonic() + bound
-    while (left := alive(procs)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return left
 
 
 @contextmanager
@@ -134,7 +116,7 @@ def test_ctrl_c_raises_keyboard_interrupt_promptly_and_leaves_nothing(
     assert raised_after < INTERRUPT_BOUND, f"KeyboardInterrupt {raised_after:.2f} s after SIGINT"
     assert took < INTERRUPT_BOUND + 5, f"the parent took {took:.2f} s to exit"
     assert err == "", f"something printed on stderr (a worker's traceback?):\n{err}"
-    left = wait_gone(tree, ORPHAN_BOUND)
+    left = wait_ended(tree, ORPHAN_BOUND)
     assert not left, f"processes left behind: {left}"
 
 
@@ -154,7 +136,7 @@ def test_sigterm_raising_system_exit_stops_the_parent_cleanly(
     assert words[:2] == ["SystemExit", "143"], (out, err)
     assert float(words[2]) - sent < INTERRUPT_BOUND
     assert err == "", f"something printed on stderr:\n{err}"
-    assert not wait_gone(tree, ORPHAN_BOUND)
+    assert not wait_ended(tree, ORPHAN_BOUND)
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
@@ -173,11 +155,11 @@ def test_parent_dying_abruptly_lets_every_worker_exit_on_its_own(
         assert proc.returncode == -how
         workers = [p for p in tree if p.pid in pids]
         started = time.monotonic()
-        left = wait_gone(workers, ORPHAN_BOUND)
+        left = wait_ended(workers, ORPHAN_BOUND)
         assert not left, f"workers outlived their parent by {ORPHAN_BOUND} s: {left}"
         print(f"workers gone {time.monotonic() - started:.2f} s after the parent died")
         # multiprocessing's helpers (forkserver, resource tracker) follow suit.
-        assert not wait_gone(tree, ORPHAN_BOUND), f"helpers left: {alive(tree)}"
+        assert not wait_ended(tree, ORPHAN_BOUND), f"helpers left: {running(tree)}"
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])

@@ -23,6 +23,7 @@ import pytest
 from parmap import Pool, imap, pmap
 
 from . import jobs
+from .procs import running_children
 
 SOAK = os.environ.get("PARMAP_SOAK")
 MAPS = int(SOAK or 2000)
@@ -42,22 +43,11 @@ class Usage:
     rss: int
 
 
-def _is_mp_helper(proc: psutil.Process) -> bool:
-    try:
-        return "multiprocessing." in " ".join(proc.cmdline())
-    except psutil.Error:
-        return True
-
-
 def usage() -> Usage:
     gc.collect()
     me = psutil.Process()
-    children = [
-        p
-        for p in me.children(recursive=True)
-        if p.status() != psutil.STATUS_ZOMBIE and not _is_mp_helper(p)
-    ]
-    return Usage(me.num_fds(), len(children), threading.active_count(), me.memory_info().rss)
+    children = len(running_children())
+    return Usage(me.num_fds(), children, threading.active_count(), me.memory_info().rss)
 
 
 def soak(one_map: Callable[[int], None], maps: int) -> tuple[Usage, Usage, float]:

@@ -21,31 +21,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import pytest
 
 from parmap import Pool, TaskTimeoutError, pmap
 from parmap._backends.process import RETIRE_GRACE
 
 from . import jobs
+from .procs import processes, wait_ended
 
 START_METHODS = ["fork", "spawn", "forkserver"]
-
-
-def gone_within(pids: list[int], seconds: float) -> list[int]:
-    """Wait for ``pids`` to end (zombies count as ended); return those still running."""
-    deadline = time.monotonic() + seconds
-    while True:
-        left = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    left.append(pid)
-            except psutil.NoSuchProcess:
-                pass
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.02)
 
 
 # ----------------------------------------------------------- busy parent threads
@@ -198,7 +182,7 @@ def test_pmap_inside_a_worker_works_and_cleans_up(method: str) -> None:
         assert values == [x * x for x in range(n)]
         assert pids and outer not in pids
         inner_pids += pids
-    assert not gone_within(inner_pids, 5), "an inner pool's worker outlived its map"
+    assert not wait_ended(processes(inner_pids), 5), "an inner pool's worker outlived its map"
 
 
 @pytest.mark.timeout(120)
@@ -208,7 +192,7 @@ def test_a_nested_pool_goes_away_with_its_timed_out_item(tmp_path: Path) -> None
     assert isinstance(res.errors[0], TaskTimeoutError)
     inner = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
     assert len(inner) == 2, "the inner items never started within the outer timeout"
-    assert not gone_within(inner, 10), "inner workers outlived the killed outer worker"
+    assert not wait_ended(processes(inner), 10), "inner workers outlived the killed outer worker"
 
 
 @pytest.mark.timeout(120)
@@ -220,7 +204,7 @@ def test_a_decorated_function_used_inside_workers_does_not_hold_up_pool_close() 
         started = time.monotonic()
     took = time.monotonic() - started
     assert len(inner) >= 2
-    assert not gone_within(inner, 10), "inner workers outlived the outer pool"
+    assert not wait_ended(processes(inner), 10), "inner workers outlived the outer pool"
     assert took < RETIRE_GRACE, (
         f"closing the pool took {took:.1f} s: its workers did not exit when told to "
         "(they wait for the inner pool's workers, which wait for them)"
