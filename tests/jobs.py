@@ -23,10 +23,6 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
-def identity(x: Any) -> Any:
-    return x
-
-
 def sleep_return(seconds: float, value: Any = None) -> Any:
     time.sleep(seconds)
     return value
@@ -49,12 +45,6 @@ def hang_if(x: int, hang_on: int) -> int:
 def exit_if(x: int, exit_on: int, code: int = 3) -> int:
     if x == exit_on:
         os._exit(code)
-    return x
-
-
-def kill_self_if(x: int, kill_on: int) -> int:
-    if x == kill_on:
-        os.kill(os.getpid(), signal.SIGKILL)
     return x
 
 
@@ -374,14 +364,6 @@ def hard_return_odd(x: int, kind: str) -> Any:
     return {"dump_raises": HardDumpRaises, "exit_on_load": HardExitOnLoad}[kind]()
 
 
-def hard_spin(seconds: float) -> int:
-    """Burn CPU for ``seconds``; return this process's pid."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-    return os.getpid()
-
-
 def hard_nested_pmap(n: int, start_method: str | None = None) -> tuple[list[Any], list[int], int]:
     """Run a pmap inside a worker: (values, inner worker pids, this worker's pid)."""
     from parmap import pmap
@@ -396,11 +378,6 @@ def hard_nested_hang(marker_dir: str) -> None:
     from parmap import pmap
 
     pmap(async_marked_sleep, [marker_dir] * 2, range(2), [3600.0] * 2, workers=2)
-
-
-def hard_nested_decorated(n: int) -> list[Any]:
-    """Use a @parallel function's long-lived pool inside a worker."""
-    return decorated_square.pmap(range(n)).values
 
 
 # --- backends (tests/test_backends.py, tests/test_dask.py) -------------------

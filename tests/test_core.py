@@ -102,16 +102,23 @@ def test_timeout_holds_per_item_inside_a_chunk() -> None:
     assert res.values == [0, 1, 2, 3]
 
 
-def _hang_among_fast_items(how: str, marker_dir: Path) -> dict[str, Any]:
-    # 3000 tiny items in one chunk: the worker runs them in slices of up to
-    # a thousand items and reads the clock once per slice, so item 1500 is
-    # not the first of its slice and its start must be dated another way.
-    n = 3000
-    return {
-        "fn": jobs.hang_at,
-        "iterables": (range(n), [1500] * n, [how] * n, [str(marker_dir)] * n),
-        "options": {"workers": 1, "chunksize": n, "timeout": 1, "on_error": "collect"},
-    }
+def _hang_among_fast_items(how: str, marker_dir: Path) -> tuple[Any, ...]:
+    """Arguments of ``jobs.hang_at`` for 3,000 tiny items, item 1500 hanging.
+
+    Sent as one chunk, they run in slices of up to a thousand items with one
+    clock read per slice, so item 1500 is not the first of its slice and its
+    start must be dated another way.
+    """
+    return (
+        range(HANG_ITEMS),
+        [1500] * HANG_ITEMS,
+        [how] * HANG_ITEMS,
+        [str(marker_dir)] * HANG_ITEMS,
+    )
+
+
+HANG_ITEMS = 3000
+HANG_OPTIONS: dict[str, Any] = {"chunksize": HANG_ITEMS, "timeout": 1, "on_error": "collect"}
 
 
 @pytest.mark.parametrize("how", ["sleep", "hold_gil"])
@@ -119,8 +126,7 @@ def test_an_item_hanging_among_fast_ones_times_out_on_time(how: str, tmp_path: P
     # "sleep": the worker's watch thread dates the item. "hold_gil": that
     # thread cannot run, and the parent, which looks often while a timed
     # chunk of several items runs, dates it by when it first saw it.
-    case = _hang_among_fast_items(how, tmp_path)
-    res = pmap(case["fn"], *case["iterables"], **case["options"])
+    res = pmap(jobs.hang_at, *_hang_among_fast_items(how, tmp_path), workers=1, **HANG_OPTIONS)
     ended = time.monotonic()
     began = float((tmp_path / "hang.start").read_text())
     assert list(res.errors) == [1500]
@@ -138,10 +144,9 @@ def test_a_deadline_passed_while_the_consumer_was_busy_is_acted_on_at_once(
     # outcome (the item before it waits for "go"), so the parent never saw
     # it running; the worker's own dating of it still lets the parent kill
     # it the moment it looks again.
-    case = _hang_among_fast_items("sleep_on_go", tmp_path)
-    options = {k: v for k, v in case["options"].items() if k != "workers"}
+    args = _hang_among_fast_items("sleep_on_go", tmp_path)
     with Pool(workers=1) as pool:
-        outcomes = pool.imap(case["fn"], *case["iterables"], ordered=True, **options)
+        outcomes = pool.imap(jobs.hang_at, *args, ordered=True, **HANG_OPTIONS)
         assert next(outcomes).value == 0
         (tmp_path / "go").touch()
         time.sleep(3)

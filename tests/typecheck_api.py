@@ -47,7 +47,3 @@ def check_types() -> None:
     assert_type(res.values, list[int | None])
     assert_type(res.errors, dict[int, BaseException])
     assert_type(res.unwrap(), list[int])
-
-
-def test_type_checks_exist() -> None:
-    assert callable(check_types)

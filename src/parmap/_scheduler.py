@@ -32,8 +32,8 @@ the parent a few list slices per chunk rather than objects per item. A worker
 runs one chunk at a time and sends outcomes back in order, batched over a few
 milliseconds. Which item inside a chunk is running, and since when, comes from
 the worker's *beacon* (a few shared numbers the driver reads for us): that is
-what makes per-item deadlines and crash blame exact even though outcomes are
-batched.
+what keeps deadlines per item (never early, at most a few milliseconds late)
+and crash blame exact even though outcomes are batched.
 
 Outcomes leave as *segments* ``(start, values, errors)`` covering contiguous
 input indexes; each input index is covered by exactly one segment.
