@@ -18,10 +18,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from importlib import metadata
-from typing import IO, Any, NoReturn
+from typing import IO, Any, NoReturn, get_args
 
-from . import Outcome, RemoteError, imap, pmap
+from . import Outcome, RemoteError, __version__, imap, pmap
+from ._options import Defaults, OnError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -204,33 +204,22 @@ def _load_function(target: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer no smaller than ``minimum``."""
+def _checked(name: str, kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """An argparse type for the option ``name``: converted here, checked by the library."""
+    expected = "an integer" if kind is int else "a number of seconds"
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        try:
+            Defaults().merged({name: value})
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
         return value
 
     return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
 
 
 def _add_pool_arguments(parser: argparse.ArgumentParser) -> None:
@@ -247,7 +236,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="parmap",
         description="Parallel map over worker processes.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
@@ -263,24 +252,34 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="decode each line as JSON")
     run.add_argument("--unordered", action="store_true", help="write results as they complete")
     run.add_argument(
-        "--workers", type=_positive_int, metavar="N", help="worker processes (default: CPUs)"
+        "--workers",
+        type=_checked("workers", int),
+        metavar="N",
+        help="worker processes (default: CPUs)",
     )
-    run.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="seconds one item may run")
+    run.add_argument(
+        "--timeout",
+        type=_checked("timeout", float),
+        metavar="SECONDS",
+        help="seconds one item may run",
+    )
     run.add_argument(
         "--retries",
-        type=_non_negative_int,
-        default=0,
+        type=_checked("retries", int),
         metavar="N",
         help="extra attempts for an item that raised",
     )
     run.add_argument(
         "--on-error",
-        choices=("raise", "collect"),
+        choices=get_args(OnError),
         default="collect",
         help="collect: run every item (default); raise: stop at the first failure",
     )
     run.add_argument(
-        "--chunksize", type=_positive_int, metavar="N", help="items sent to a worker at once"
+        "--chunksize",
+        type=_checked("chunksize", int),
+        metavar="N",
+        help="items sent to a worker at once",
     )
     _add_pool_arguments(run)
     run.set_defaults(handler=_run)
@@ -295,13 +294,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _version() -> str:
-    try:
-        return metadata.version("parmap")
-    except metadata.PackageNotFoundError:  # running from a source tree
-        return str(getattr(sys.modules["parmap"], "__version__", "unknown"))
-
-
 def _common_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.start_method is not None:
@@ -314,10 +306,9 @@ def _common_options(args: argparse.Namespace) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> int:
     fn = _load_function(args.target)
     options = _common_options(args)
-    for name in ("workers", "timeout", "chunksize"):
+    for name in ("workers", "timeout", "retries", "chunksize"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
-    options["retries"] = args.retries
     # The map always collects; "raise" is applied here, as stopping after the
     # first failed line is written, so that every line gets its JSON record.
     stop_at_failure = args.on_error == "raise"
@@ -337,13 +328,11 @@ def _run(args: argparse.Namespace) -> int:
             outcomes = imap(
                 _Call(fn), lines, ordered=not args.unordered, on_error="collect", **options
             )
-        except (TypeError, ValueError) as exc:  # an option the library rejects
+        except (TypeError, ValueError) as exc:  # e.g. a function spawn cannot send
             raise UsageError(str(exc)) from None
         # Leaving early (a failure under --on-error raise, a bad line, Ctrl-C)
         # closes the iterator, which stops the work still in flight.
-        close = getattr(outcomes, "close", None)
-        if callable(close):
-            stack.callback(close)
+        stack.enter_context(contextlib.closing(outcomes))
         failed = 0
         out_stream = sys.stdout
         for out in outcomes:
