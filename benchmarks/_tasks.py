@@ -18,7 +18,7 @@ MARKER_DIR_ENV = "PARMAP_BENCH_DIR"
 #: Index of the item that SIGKILLs its own worker in :func:`nap_or_die`.
 KILL_AT = 15
 
-#: Seconds one item of :func:`nap` sleeps.
+#: Seconds one item of :func:`nap_or_skip` and :func:`nap_or_die` sleeps.
 NAP_SECONDS = 0.02
 
 
@@ -40,11 +40,6 @@ def burn_many(n: int, count: int) -> None:
         burn(n)
 
 
-def nap(i: int) -> int:
-    time.sleep(NAP_SECONDS)
-    return i
-
-
 def nap_or_skip(i: int) -> int:
     """The same map as :func:`nap_or_die` without the kill: ``KILL_AT`` returns at once."""
     if i == KILL_AT:
@@ -54,7 +49,7 @@ def nap_or_skip(i: int) -> int:
 
 
 def nap_or_die(i: int) -> int:
-    """Like :func:`nap`, but the item ``KILL_AT`` SIGKILLs its own process."""
+    """Sleep ``NAP_SECONDS`` and return ``i``; the item ``KILL_AT`` SIGKILLs its own process."""
     if i == KILL_AT:
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(NAP_SECONDS)

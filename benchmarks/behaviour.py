@@ -503,9 +503,6 @@ def progress_experiment(lib: str) -> Cell:
 # -- 5. errors
 
 
-EXPECTED_VALUES = [i * 10 for i in range(N_ITEMS) if i != tasks.BAD_INDEX]
-
-
 def _full(items: list[tuple[str, Any]]) -> bool:
     """True when ``items`` are the 5 values in input order with the error at its place."""
     want = [("value", i * 10) if i != tasks.BAD_INDEX else ("error", "ValueError")

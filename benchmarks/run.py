@@ -30,20 +30,28 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+try:
+    import parmap
+except ImportError:
+    raise SystemExit(
+        "benchmarks/run.py measures parmap: install it first (python -m pip install -e '.[bench]')"
+    ) from None
+
+import _ptasks
 import _tasks
 import event_loop_lag
+from event_loop_lag import rotate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-T = TypeVar("T")
 
 
 def _optional(name: str) -> ModuleType | None:
@@ -53,7 +61,6 @@ def _optional(name: str) -> ModuleType | None:
         return None
 
 
-parmap = _optional("parmap")
 psutil = _optional("psutil")
 joblib = _optional("joblib")
 pebble = _optional("pebble")
@@ -163,6 +170,11 @@ def judged(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def ratios(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
+    """Round-by-round ratios of two series measured in the same rounds."""
+    return [x / y for x, y in zip(xs, ys, strict=True)]
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -194,12 +206,6 @@ def fmt_s(seconds: float) -> str:
 
 def fmt_mb(nbytes: float) -> str:
     return f"{nbytes / 2**20:.1f} MB"
-
-
-def rotate(names: Sequence[T], r: int) -> list[T]:
-    """The names in round ``r``'s order, so no contender always goes first."""
-    k = r % len(names) if names else 0
-    return list(names[k:]) + list(names[:k])
 
 
 def values_of(res: Any) -> list[Any]:
@@ -267,7 +273,7 @@ def new_children(before: dict[int, str], grace: float = 0.0) -> dict[int, str]:
         time.sleep(0.01)
 
 
-def kill_all(pids: Iterator[int] | Sequence[int]) -> None:
+def kill_all(pids: Iterable[int]) -> None:
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
@@ -338,12 +344,6 @@ def marker_dir() -> Iterator[str]:
                 os.environ[_tasks.MARKER_DIR_ENV] = old
 
 
-def need_parmap() -> ModuleType:
-    if parmap is None:
-        raise RuntimeError("parmap is not importable")
-    return parmap
-
-
 # --------------------------------------------------------------------------
 # workloads
 
@@ -377,9 +377,8 @@ def bench_throughput(ctx: Ctx) -> None:
     wl = f"{n:,} calls of x*x"
     runs: dict[str, tuple[Callable[[], Any], int]] = {}
     with contextlib.ExitStack() as stack:
-        if parmap is not None:
-            ppool = stack.enter_context(parmap.Pool(workers=WORKERS))
-            runs["parmap"] = (lambda: ppool.pmap(_tasks.square, xs), n)
+        ppool = stack.enter_context(parmap.Pool(workers=WORKERS))
+        runs["parmap"] = (lambda: ppool.pmap(_tasks.square, xs), n)
         mpool = stack.enter_context(mp.Pool(WORKERS))
         runs[POOL] = (lambda: mpool.map(_tasks.square, xs), n)
         ex = stack.enter_context(ProcessPoolExecutor(max_workers=WORKERS))
@@ -400,21 +399,8 @@ def bench_throughput(ctx: Ctx) -> None:
     peers = {name: fmt_rate(median(v)) for name, v in rates.items() if name != "parmap"}
     slow = f"{PPE}" + (" and pebble" if pebble is not None else "")
     ctx.notes.append(f"x*x: {slow} (chunksize 1) run {m:,} items per round, the others {n:,}.")
-    if "parmap" not in rates:
-        ctx.row(
-            wl,
-            "items/s (warm pool)",
-            "unavailable",
-            "≥ mp.Pool.map (auto chunksize)",
-            "MISSED",
-            peers=peers,
-        )
-        ctx.row(
-            wl, f"ratio to {PPE}.map (chunksize 1)", "unavailable", "≥ 20x", "MISSED", peers=peers
-        )
-        return
-    vs_pool = [a / b for a, b in zip(rates["parmap"], rates[POOL], strict=True)]
-    vs_ppe = [a / b for a, b in zip(rates["parmap"], rates[PPE], strict=True)]
+    vs_pool = ratios(rates["parmap"], rates[POOL])
+    vs_ppe = ratios(rates["parmap"], rates[PPE])
     ctx.row(
         wl,
         "items/s (warm pool)",
@@ -441,10 +427,9 @@ def bench_throughput_timeout(ctx: Ctx) -> None:
     wl = f"{n:,} calls of x*x, timeout=10"
     runs: dict[str, tuple[Callable[[], Any], int]] = {}
     with contextlib.ExitStack() as stack:
-        if parmap is not None:
-            ppool = stack.enter_context(parmap.Pool(workers=WORKERS))
-            runs["parmap"] = (lambda: ppool.pmap(_tasks.square, xs, timeout=10), n)
-            runs["parmap no timeout"] = (lambda: ppool.pmap(_tasks.square, xs), n)
+        ppool = stack.enter_context(parmap.Pool(workers=WORKERS))
+        runs["parmap"] = (lambda: ppool.pmap(_tasks.square, xs, timeout=10), n)
+        runs["parmap no timeout"] = (lambda: ppool.pmap(_tasks.square, xs), n)
         if pebble is not None:
             pp = stack.enter_context(pebble.ProcessPool(max_workers=WORKERS))
             runs["pebble"] = (lambda: list(pp.map(_tasks.square, small, timeout=10).result()), m)
@@ -456,11 +441,8 @@ def bench_throughput_timeout(ctx: Ctx) -> None:
     peers = {k: fmt_rate(median(v)) for k, v in rates.items() if k in PEERS}
     if pebble is not None:
         ctx.notes.append(f"timeout=10: pebble (map, chunksize 1) runs {m:,} items per round.")
-    if "parmap" not in rates:
-        ctx.row(wl, "items/s vs parmap w/o timeout", "unavailable", "≥ 0.7x", "MISSED", peers=peers)
-        return
     ref = f"no timeout: {fmt_rate(median(rates['parmap no timeout']))}"
-    vs_plain = [a / b for a, b in zip(rates["parmap"], rates["parmap no timeout"], strict=True)]
+    vs_plain = ratios(rates["parmap"], rates["parmap no timeout"])
     ctx.row(
         wl,
         "items/s (warm pool)",
@@ -471,7 +453,7 @@ def bench_throughput_timeout(ctx: Ctx) -> None:
         peers=peers,
     )
     if "pebble" in rates:
-        vs_pebble = [a / b for a, b in zip(rates["parmap"], rates["pebble"], strict=True)]
+        vs_pebble = ratios(rates["parmap"], rates["pebble"])
         ctx.row(
             wl,
             "ratio to pebble with timeout",
@@ -503,9 +485,10 @@ def bench_cpu(ctx: Ctx) -> None:
             if p.exitcode != 0:
                 raise RuntimeError(f"hand-started process exited with {p.exitcode}")
 
-    runs: dict[str, Callable[[], Any]] = {"hand": hand}
-    if parmap is not None:
-        runs["parmap"] = lambda: values_of(parmap.pmap(_tasks.burn, args, workers=WORKERS))
+    runs: dict[str, Callable[[], Any]] = {
+        "hand": hand,
+        "parmap": lambda: values_of(parmap.pmap(_tasks.burn, args, workers=WORKERS)),
+    }
     if s.cpu_peers:
 
         def with_pool() -> Any:
@@ -561,18 +544,7 @@ def bench_cpu(ctx: Ctx) -> None:
         f"CPU-bound: pools are started inside the timed region ({method}), like the "
         "hand-started processes; joblib reuses its loky executor between rounds."
     )
-    if "parmap" not in speedups:
-        ctx.row(
-            wl,
-            "speedup over serial",
-            "unavailable",
-            "≥ 95% of hand-started",
-            "MISSED",
-            reference=ref,
-            peers=peers,
-        )
-        return
-    ratio = [a / b for a, b in zip(speedups["parmap"], speedups["hand"], strict=True)]
+    ratio = ratios(speedups["parmap"], speedups["hand"])
     ctx.row(
         wl,
         "speedup over serial",
@@ -603,10 +575,6 @@ def bench_memory(ctx: Ctx) -> None:
     got: dict[str, dict[str, Any]] = {}
     got[POOL] = _memchild(POOL, n, s.mem_cap)
     peers = {POOL: f"{fmt_mb(got[POOL]['growth'])} (imap_unordered, chunksize 1000)"}
-    if parmap is None:
-        ctx.row(wl, "parent peak RSS growth", "unavailable", "< 50 MB", "MISSED", peers=peers)
-        ctx.raw["memory"] = got
-        return
     for impl in ("parmap", "parmap-ordered"):
         got[impl] = _memchild(impl, n, s.mem_cap)
     ctx.raw["memory"] = got
@@ -618,12 +586,10 @@ def bench_memory(ctx: Ctx) -> None:
         if not d["complete"]:
             text += f", stopped after {d['items']:,} items at the {s.mem_cap:.0f} s cap"
             ok = False
-        if impl == "parmap":
-            ctx.row(
-                wl, f"parent peak RSS growth ({label})", text, "< 50 MB", judged(ok), peers=peers
-            )
-        else:
-            ctx.row(wl, f"parent peak RSS growth ({label})", text, "< 50 MB", judged(ok))
+        # The peer's figure sits on the first row only.
+        row_peers = peers if impl == "parmap" else {}
+        measure = f"parent peak RSS growth ({label})"
+        ctx.row(wl, measure, text, "< 50 MB", judged(ok), peers=row_peers)
     ctx.notes.append(
         "imap memory: each map runs in a fresh child process; growth is the kernel's "
         "high-water mark (VmHWM, reset just before the map) or the highest RSS sampled "
@@ -638,11 +604,8 @@ def bench_latency(ctx: Ctx) -> None:
     wl = f"{s.latency_maps} maps of 10 tiny items"
     runs: dict[str, Callable[[], Any]] = {}
     with contextlib.ExitStack() as stack:
-        if parmap is not None:
-            import _ptasks
-
-            stack.callback(_ptasks.psquare.close)
-            runs["parmap"] = lambda: _ptasks.psquare.pmap(ten)
+        stack.callback(_ptasks.psquare.close)
+        runs["parmap"] = lambda: _ptasks.psquare.pmap(ten)
         mpool = stack.enter_context(mp.Pool(WORKERS))
         runs[POOL] = lambda: mpool.map(_tasks.square, ten)
         ex = stack.enter_context(ProcessPoolExecutor(max_workers=WORKERS))
@@ -673,12 +636,7 @@ def bench_latency(ctx: Ctx) -> None:
                 per_round[name].append(median(times))
     ctx.raw["latency"] = per_round
     peers = {k: fmt_ms(median(v)) for k, v in per_round.items() if k in PEERS}
-    if "parmap" not in per_round:
-        ctx.row(
-            wl, "median latency per map", "unavailable", "≤ mp.Pool (reused)", "MISSED", peers=peers
-        )
-        return
-    ratio = [a / b for a, b in zip(per_round["parmap"], per_round[POOL], strict=True)]
+    ratio = ratios(per_round["parmap"], per_round[POOL])
     ctx.row(
         wl,
         "median latency per map (@parallel)",
@@ -725,17 +683,6 @@ def bench_lag(ctx: Ctx) -> None:
             peers = {PPE: f"{fmt_ms(median(res[ename]))} (run_in_executor)"}
             measure = f"worst loop lag, {mode} pool"
             judge = loop_name == "asyncio"  # uvloop is shown, not judged
-            if pname not in res:
-                ctx.row(
-                    wl,
-                    measure,
-                    "unavailable",
-                    "< 10 ms",
-                    "MISSED" if judge else "info",
-                    reference=idle,
-                    peers=peers,
-                )
-                continue
             worst = median(res[pname])
             status = judged(worst < 0.010) if judge else "info"
             ctx.row(
@@ -760,27 +707,25 @@ def bench_timeout(ctx: Ctx) -> None:
     wl = "12 items, every 3rd hangs, timeout=1, 3 workers"
     hanging = [i for i in range(12) if i % 3 == 0]
 
-    def run_parmap(d: str) -> tuple[float, dict[int, float], dict[int, Any], int]:
-        pm = need_parmap()
-        before = live_children()
+    def run_parmap() -> tuple[float, dict[int, float]]:
+        """Wall time of the map, and when each outcome arrived."""
         arrivals: dict[int, float] = {}
         outcomes: dict[int, Any] = {}
         t0 = time.monotonic()
-        for out in pm.imap(_tasks.maybe_hang, range(12), workers=3, timeout=1, on_error="collect"):
+        for out in parmap.imap(
+            _tasks.maybe_hang, range(12), workers=3, timeout=1, on_error="collect"
+        ):
             arrivals[out.index] = time.monotonic()
             outcomes[out.index] = out.error if not out.ok else out.value
         wall = time.monotonic() - t0
-        left = new_children(before, grace=0.5)
-        kill_all(list(left))
         for i in range(12):
-            want = pm.TaskTimeoutError if i in hanging else int
+            want = parmap.TaskTimeoutError if i in hanging else int
             if not isinstance(outcomes.get(i), want):
                 raise AssertionError(f"parmap: item {i} gave {outcomes.get(i)!r}")
-        return wall, arrivals, outcomes, len(left)
+        return wall, arrivals
 
-    def run_pebble(d: str) -> tuple[float, dict[int, float], dict[int, Any], int]:
+    def run_pebble() -> tuple[float, dict[int, float]]:
         assert pebble is not None
-        before = live_children()
         arrivals: dict[int, float] = {}
         with pebble.ProcessPool(max_workers=3) as pool:
             t0 = time.monotonic()
@@ -791,14 +736,9 @@ def bench_timeout(ctx: Ctx) -> None:
                 futs.append(fut)
             futures_wait(futs)
             wall = time.monotonic() - t0
-        outcomes = {i: f.exception() or f.result() for i, f in enumerate(futs)}
-        left = new_children(before, grace=0.5)
-        kill_all(list(left))
-        return wall, arrivals, outcomes, len(left)
+        return wall, arrivals
 
-    runs: dict[str, Callable[[str], Any]] = {}
-    if parmap is not None:
-        runs["parmap"] = run_parmap
+    runs: dict[str, Callable[[], tuple[float, dict[int, float]]]] = {"parmap": run_parmap}
     if pebble is not None:
         runs["pebble"] = run_pebble
     walls: dict[str, list[float]] = {k: [] for k in runs}
@@ -808,7 +748,10 @@ def bench_timeout(ctx: Ctx) -> None:
     for r in range(s.hang_rounds):
         for name in rotate(list(runs), r):
             with marker_dir() as d:
-                wall, arrivals, _, left = runs[name](d)
+                before = live_children()
+                wall, arrivals = runs[name]()
+                left = new_children(before, grace=0.5)
+                kill_all(left)
                 late = []
                 for i in hanging:
                     with open(os.path.join(d, f"start-{i}")) as f:
@@ -817,7 +760,7 @@ def bench_timeout(ctx: Ctx) -> None:
             walls[name].append(wall)
             lates[name].append(max(late))
             per_item[name].append(late)
-            lefts[name].append(left)
+            lefts[name].append(len(left))
     ctx.raw["timeout"] = {
         "wall": walls,
         "worst_late": lates,
@@ -832,9 +775,6 @@ def bench_timeout(ctx: Ctx) -> None:
         peers_wall["pebble"] = fmt_s(median(walls["pebble"]))
         peers_late["pebble"] = fmt_ms(median(lates["pebble"]))
         peers_left["pebble"] = str(max(lefts["pebble"]))
-    if "parmap" not in runs:
-        ctx.row(wl, "wall time", "unavailable", "< 2.5 s", "MISSED", peers=peers_wall)
-        return
     ctx.row(
         wl,
         "wall time",
@@ -875,38 +815,41 @@ def bench_crash(ctx: Ctx) -> None:
     raw: dict[str, Any] = {}
     peers: dict[str, str] = {}
 
-    if parmap is not None:
-        extras["parmap"] = []
-        with parmap.Pool(workers=WORKERS) as pool:
-            pool.pmap(_tasks.square, range(8))
-            for r in range(s.crash_rounds):
-                walls = {}
-                for fn in rotate([_tasks.nap_or_skip, _tasks.nap_or_die], r):
-                    t0 = time.perf_counter()
-                    res = pool.pmap(fn, items, on_error="collect")
-                    walls[fn.__name__] = time.perf_counter() - t0
-                    errors = dict(res.errors)
-                    if fn is _tasks.nap_or_die:
-                        if set(errors) != {_tasks.KILL_AT} or not isinstance(
-                            errors[_tasks.KILL_AT], parmap.WorkerCrashedError
-                        ):
-                            raise AssertionError(f"parmap crash map gave errors {errors!r}")
-                    elif errors:
-                        raise AssertionError(f"parmap plain map gave errors {errors!r}")
-                extras["parmap"].append(walls["nap_or_die"] - walls["nap_or_skip"])
+    def extra_times(run_map: Callable[[Callable[[int], int]], None]) -> list[float]:
+        """Per round: wall time of the map whose worker dies minus the same map without."""
+        extras = []
+        for r in range(s.crash_rounds):
+            walls = {}
+            for fn in rotate([_tasks.nap_or_skip, _tasks.nap_or_die], r):
+                t0 = time.perf_counter()
+                run_map(fn)
+                walls[fn] = time.perf_counter() - t0
+            extras.append(walls[_tasks.nap_or_die] - walls[_tasks.nap_or_skip])
+        return extras
+
+    with parmap.Pool(workers=WORKERS) as pool:
+        pool.pmap(_tasks.square, range(8))
+
+        def with_parmap(fn: Callable[[int], int]) -> None:
+            errors = dict(pool.pmap(fn, items, on_error="collect").errors)
+            if fn is _tasks.nap_or_die:
+                if set(errors) != {_tasks.KILL_AT} or not isinstance(
+                    errors[_tasks.KILL_AT], parmap.WorkerCrashedError
+                ):
+                    raise AssertionError(f"parmap crash map gave errors {errors!r}")
+            elif errors:
+                raise AssertionError(f"parmap plain map gave errors {errors!r}")
+
+        extras["parmap"] = extra_times(with_parmap)
 
     if pebble is not None:
-        extras["pebble"] = []
         with pebble.ProcessPool(max_workers=WORKERS) as pp:
             pp.map(_tasks.square, range(8)).result()
-            for r in range(s.crash_rounds):
-                walls = {}
-                for fn in rotate([_tasks.nap_or_skip, _tasks.nap_or_die], r):
-                    t0 = time.perf_counter()
-                    futs = [pp.schedule(fn, args=(i,)) for i in items]
-                    futures_wait(futs)
-                    walls[fn.__name__] = time.perf_counter() - t0
-                extras["pebble"].append(walls["nap_or_die"] - walls["nap_or_skip"])
+
+            def with_pebble(fn: Callable[[int], int]) -> None:
+                futures_wait([pp.schedule(fn, args=(i,)) for i in items])
+
+            extras["pebble"] = extra_times(with_pebble)
         peers["pebble"] = fmt_extra_ms(median(extras["pebble"]))
 
     # ProcessPoolExecutor: the whole pool breaks; count the items it loses.
@@ -934,13 +877,10 @@ def bench_crash(ctx: Ctx) -> None:
     finally:
         pool.terminate()
         pool.join()
-    kill_all(list(new_children(before)))
+    kill_all(new_children(before))
 
     raw.update(extras)
     ctx.raw["crash"] = raw
-    if "parmap" not in extras:
-        ctx.row(wl, "extra wall time", "unavailable", "< 200 ms", "MISSED", peers=peers)
-        return
     extra = median(extras["parmap"])
     ctx.row(
         wl,
@@ -998,7 +938,7 @@ def bench_sigint(ctx: Ctx) -> None:
     s = ctx.sizes
     raw: dict[str, Any] = {}
     peer_cells: dict[str, str] = {}
-    peer_left: dict[str, str] = {}
+    peer_leftovers: dict[str, str] = {}
     for impl in s.sigint_peers:
         if impl == "pebble" and pebble is None:
             continue
@@ -1007,19 +947,9 @@ def bench_sigint(ctx: Ctx) -> None:
         peer_cells[impl] = (
             fmt_s(t["seconds"]) if t["seconds"] is not None else (f"hangs (>{s.hang_cap:.0f} s)")
         )
-        peer_left[impl] = str(t["left"])
+        peer_leftovers[impl] = f"{t['left']} left / {t['tracebacks']} tb"
     for mode, what in (("group", "process group (terminal Ctrl-C)"), ("pid", "parent only")):
         wl = f"Ctrl-C during a map: SIGINT to the {what}"
-        if parmap is None:
-            ctx.row(
-                wl,
-                "time until the parent exited",
-                "unavailable",
-                "< 1 s every time",
-                "MISSED",
-                peers=peer_cells if mode == "group" else {},
-            )
-            continue
         tries = [_sigint_try("parmap", mode, max(s.hang_cap, 3.0)) for _ in range(s.sigint_tries)]
         raw[f"parmap-{mode}"] = tries
         secs = [t["seconds"] for t in tries]
@@ -1042,9 +972,7 @@ def bench_sigint(ctx: Ctx) -> None:
             f"{left} left / {extra_tb} tb",
             "0 left, 1 traceback (parent's)",
             judged(left == 0 and extra_tb <= 1),
-            peers={k: f"{v} left / {raw[k]['tracebacks']} tb" for k, v in peer_left.items()}
-            if mode == "group"
-            else {},
+            peers=peer_leftovers if mode == "group" else {},
         )
     ctx.raw["sigint"] = raw
     ctx.notes.append(
@@ -1100,7 +1028,7 @@ def run_workload(name: str, ctx: Ctx) -> float:
         signal.signal(signal.SIGALRM, old)
     left = new_children(before, grace=1.0)
     if left:
-        kill_all(list(left))
+        kill_all(left)
         ctx.notes.append(
             f"{name}: killed {len(left)} process(es) left behind: "
             + "; ".join(f"{pid} {cmd[:60]}" for pid, cmd in left.items())
@@ -1189,8 +1117,6 @@ def main(argv: list[str] | None = None) -> int:
     for peer, mod in (("joblib", joblib), ("pebble", pebble), ("mpire", mpire)):
         if mod is None:
             ctx.notes.append(f"{peer} is not installed: skipped (pip install 'parmap[bench]').")
-    if parmap is None:
-        ctx.notes.append("parmap is not importable: only the peers were measured.")
     if psutil is None:
         ctx.notes.append("psutil is not installed: child processes are found through /proc.")
 
