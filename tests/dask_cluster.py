@@ -25,3 +25,13 @@ def local_client() -> Iterator[Any]:
         Client(cluster) as client,
     ):
         yield client
+
+
+def wait_until_idle(client: Any) -> None:
+    """Run a probe on every worker: returns once each has a free thread again
+    (abandoned tasks keep a dask worker's thread until they end)."""
+    from .jobs import square
+
+    workers = list(client.scheduler_info()["workers"])
+    probes = [client.submit(square, 2, workers=[w], pure=False) for w in workers]
+    assert [probe.result(timeout=60) for probe in probes] == [4] * len(workers)

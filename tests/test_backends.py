@@ -42,7 +42,7 @@ from parmap import (
 )
 
 from . import jobs
-from .dask_cluster import local_client
+from .dask_cluster import local_client, wait_until_idle
 
 BACKENDS = ["process", "thread", "serial", "thread-executor", "process-executor", "dask"]
 #: Backends that run items in this process (nothing is pickled).
@@ -78,7 +78,7 @@ def backend(kind: tuple[str, Any]) -> Iterator[Any]:
             yield executor
     elif name == "dask":
         yield client
-        _wait_until_dask_is_idle(client)
+        wait_until_idle(client)
     else:
         yield name
     if name == "thread":
@@ -88,14 +88,6 @@ def backend(kind: tuple[str, Any]) -> Iterator[Any]:
         while any(t.name.startswith("parmap-thread-") for t in threading.enumerate()):
             assert time.monotonic() < deadline, "abandoned threads never finished"
             time.sleep(0.01)
-
-
-def _wait_until_dask_is_idle(client: Any) -> None:
-    """Abandoned tasks run on in the dask workers' threads: wait until each
-    worker ran a probe, so the next test finds every thread free."""
-    workers = list(client.scheduler_info()["workers"])
-    probes = [client.submit(jobs.square, 1, workers=[w], pure=False) for w in workers]
-    assert [probe.result(timeout=60) for probe in probes] == [1] * len(workers)
 
 
 @pytest.fixture

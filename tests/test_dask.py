@@ -24,7 +24,7 @@ import pytest
 from parmap import Pool, TaskTimeoutError, apmap, pmap
 
 from . import jobs
-from .dask_cluster import local_client
+from .dask_cluster import local_client, wait_until_idle
 
 distributed = pytest.importorskip("distributed")
 
@@ -35,14 +35,6 @@ SLOW, TIMEOUT = 1.5, 0.5
 def client() -> Iterator[Any]:
     with local_client() as client:
         yield client
-
-
-def wait_until_idle(client: Any) -> None:
-    """Run a probe on every worker: returns once each has a free thread again
-    (abandoned tasks keep a dask worker's thread until they end)."""
-    workers = list(client.scheduler_info()["workers"])
-    probes = [client.submit(jobs.square, 2, workers=[w], pure=False) for w in workers]
-    assert [probe.result(timeout=60) for probe in probes] == [4] * len(workers)
 
 
 def parmap_tasks(client: Any) -> list[str]:

@@ -12,7 +12,7 @@ from parmap import MapResult, Outcome, RemoteError, TaskTimeoutError, WorkerCras
 from parmap._results import mark_index, rebuild_error
 from parmap._worker import encode_error
 
-from .jobs import Unloadable
+from .jobs import NeedsTwoArgs
 
 
 def make_result() -> MapResult[int]:
@@ -80,12 +80,6 @@ def test_timeout_and_crash_errors() -> None:
         assert type(again) is type(exc) and str(again) == str(exc)
 
 
-class Unpicklable(Exception):
-    def __init__(self, a: int, b: int) -> None:  # pickle can't rebuild it from args
-        super().__init__(f"{a}-{b}")
-        self.token = Unloadable()  # nor can helpers that pickle its __dict__ (tblib)
-
-
 def test_an_exception_keeps_its_type_and_gains_the_remote_traceback() -> None:
     try:
         raise ValueError("original")
@@ -99,13 +93,13 @@ def test_an_exception_keeps_its_type_and_gains_the_remote_traceback() -> None:
 
 def test_an_exception_that_cannot_cross_becomes_remote_error() -> None:
     try:
-        raise Unpicklable(1, 2)
-    except Unpicklable as exc:
+        raise NeedsTwoArgs(1, 2)
+    except NeedsTwoArgs as exc:
         payload = encode_error(exc)
     rebuilt = rebuild_error(payload)
     assert isinstance(rebuilt, RemoteError)
-    assert rebuilt.type_name.endswith("Unpicklable")
-    assert rebuilt.message == "1-2"
+    assert rebuilt.type_name.endswith("NeedsTwoArgs")
+    assert rebuilt.message == "needs 1 and 2"
     assert "Traceback" in rebuilt.traceback
 
 
