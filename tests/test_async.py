@@ -29,6 +29,7 @@ import parmap
 from parmap import MapResult, Pool, TaskTimeoutError
 
 from . import jobs
+from .checks import seed_expectations
 from .procs import pid_running, running_children
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -369,12 +370,7 @@ def test_seed_scenario_collects_ordered_results_and_errors(run: Run) -> None:
 
     result = run(main())
     assert len(result) == 10
-    assert result.values == [None, 1, 2, None, 4, 5, None, 7, 8, None]
-    assert sorted(result.errors) == [0, 3, 6, 9]
-    for index, error in result.errors.items():
-        assert isinstance(error, RuntimeError)
-        assert str(error) == f"task {index} failed"
-        assert f"parmap: raised for input index {index}" in error.__notes__
+    seed_expectations(result)
     assert not result.ok
     assert result[4] == 4
     with pytest.raises(RuntimeError, match="task 3 failed"):

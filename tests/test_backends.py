@@ -42,6 +42,7 @@ from parmap import (
 )
 
 from . import jobs
+from .checks import has_traceback, seed_expectations
 from .dask_cluster import local_client, wait_until_idle
 
 BACKENDS = ["process", "thread", "serial", "thread-executor", "process-executor", "dask"]
@@ -93,21 +94,6 @@ def backend(kind: tuple[str, Any]) -> Iterator[Any]:
 @pytest.fixture
 def name(kind: tuple[str, Any]) -> str:
     return kind[0]
-
-
-def has_traceback(error: BaseException) -> bool:
-    """In-process errors keep their own traceback; remote ones carry its text."""
-    return error.__traceback__ is not None or "Traceback" in str(error.__cause__)
-
-
-def seed_expectations(res: MapResult[int]) -> None:
-    assert res.values == [None, 1, 2, None, 4, 5, None, 7, 8, None]
-    assert list(res.errors) == [0, 3, 6, 9]
-    for index, error in res.errors.items():
-        assert type(error) is RuntimeError
-        assert str(error) == f"task {index} failed"
-        assert f"parmap: raised for input index {index}" in error.__notes__
-        assert has_traceback(error)
 
 
 # ------------------------------------------------------------ the same everywhere

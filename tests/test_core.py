@@ -15,7 +15,6 @@ import psutil
 import pytest
 
 from parmap import (
-    MapResult,
     Pool,
     RemoteError,
     TaskTimeoutError,
@@ -26,19 +25,10 @@ from parmap import (
 )
 
 from . import jobs
+from .checks import seed_expectations
 from .procs import pid_running, running
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def seed_expectations(res: MapResult[int]) -> None:
-    assert res.values == [None, 1, 2, None, 4, 5, None, 7, 8, None]
-    assert sorted(res.errors) == [0, 3, 6, 9]
-    for index, error in res.errors.items():
-        assert isinstance(error, RuntimeError)
-        assert str(error) == f"task {index} failed"
-        assert f"parmap: raised for input index {index}" in error.__notes__
-        assert "Traceback" in str(error.__cause__)
 
 
 def test_seed_scenario_module_function() -> None:
