@@ -506,8 +506,9 @@ def test_backend_as_a_decorator_option() -> None:
 
 
 # --------------------------------------------------------------- cloudpickle
-@pytest.mark.parametrize("method", ["spawn", "forkserver"])
-def test_lambdas_and_closures_reach_spawned_workers_with_cloudpickle(method: str) -> None:
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_lambdas_and_closures_reach_workers_under_every_start_method(method: str) -> None:
+    # fork: the worker inherits the function; spawn and forkserver: cloudpickle.
     offset = 5
     res = pmap(lambda x: x + offset, range(4), workers=2, start_method=method)
     assert res.values == [5, 6, 7, 8]

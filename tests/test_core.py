@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import pickle
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,11 +27,6 @@ from .checks import seed_expectations
 from .procs import pid_running, running
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def test_seed_scenario_module_function() -> None:
-    res = pmap(jobs.fail_every_third, range(10), workers=3, on_error="collect")
-    seed_expectations(res)
 
 
 def test_seed_scenario_decorated() -> None:
@@ -197,14 +190,6 @@ def test_worker_dying_while_unpickling_an_argument_fails_that_item() -> None:
     assert isinstance(res.errors[1], WorkerCrashedError)
 
 
-def test_unpicklable_argument_fails_only_its_item() -> None:
-    args: list[Any] = [1, threading.Lock(), 3]
-    res = pmap(jobs.return_it, args, workers=1, on_error="collect")
-    assert res.values == [1, None, 3]
-    assert isinstance(res.errors[1], pickle.PicklingError)
-    assert "input 1" in str(res.errors[1]) and "could not be pickled" in str(res.errors[1])
-
-
 def test_unpicklable_result_fails_only_its_item() -> None:
     res = pmap(jobs.return_lock, range(3), workers=1, on_error="collect")
     assert res.values == [0, None, 2]
@@ -267,23 +252,6 @@ def test_imap_yields_in_completion_order_or_input_order() -> None:
     assert unordered[-1] == 0
     ordered = [o.index for o in imap(jobs.sleep_return, seconds, range(3), workers=3, ordered=True)]
     assert ordered == [0, 1, 2]
-
-
-def test_imap_reads_input_lazily_and_stops_when_the_consumer_stops() -> None:
-    pulled = itertools.count()
-
-    def endless() -> Any:
-        for i in itertools.count():
-            next(pulled)
-            yield i
-
-    seen = []
-    for outcome in imap(jobs.square, endless(), workers=2, buffer=16, ordered=True):
-        seen.append(outcome.value)
-        if len(seen) == 100:
-            break
-    assert seen == [i * i for i in range(100)]
-    assert next(pulled) <= 100 + 16 + 1  # bounded by the buffer, not the input
 
 
 def test_parent_memory_is_bounded_by_the_buffer() -> None:
@@ -373,26 +341,6 @@ def test_lambda_under_spawn_without_cloudpickle_says_what_to_do() -> None:
     )
     assert "cannot send function <lambda>" in out.stdout
     assert "module level" in out.stdout and "cloudpickle" in out.stdout
-
-
-def test_lambda_works_under_fork_with_the_module_function() -> None:
-    assert pmap(lambda x: x + 1, range(3), workers=2, start_method="fork").values == [1, 2, 3]
-
-
-def test_two_threads_share_one_pool() -> None:
-    results: dict[int, list[int | None]] = {}
-    with Pool(workers=2) as pool:
-
-        def run(offset: int) -> None:
-            xs = range(offset, offset + 200)
-            results[offset] = pool.pmap(jobs.sleep_return, [0.001] * 200, xs, chunksize=5).values
-
-        threads = [threading.Thread(target=run, args=(k * 1000,)) for k in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-    assert results == {k * 1000: list(range(k * 1000, k * 1000 + 200)) for k in range(2)}
 
 
 def test_closed_pool_refuses_work() -> None:
