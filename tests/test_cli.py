@@ -6,12 +6,12 @@ imports live in ``cli_tasks.py`` next to this file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ import psutil
 import pytest
 
 from parmap.__main__ import main
+
+from .procs import wait_ended
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -50,20 +52,15 @@ def _start(command: list[str], cwd: Path | None = None) -> subprocess.Popen[str]
 
 def assert_no_processes_left(session: int) -> None:
     """Fail if a process of ``session`` (the command's workers) outlived the command."""
-    deadline = time.monotonic() + 5.0
-    while True:
-        left = []
-        for proc in psutil.process_iter():
-            try:
-                if os.getsid(proc.pid) == session and proc.status() != psutil.STATUS_ZOMBIE:
-                    left.append(proc)
-            except (psutil.Error, OSError):
-                pass
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(proc.pid) == session:
+                members.append(proc)
+    left = wait_ended(members, 5.0)
     for proc in left:
-        proc.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
     assert not left, f"processes outlived the command: {left}"
 
 
