@@ -26,8 +26,6 @@ from . import jobs
 from .checks import seed_expectations
 from .procs import pid_running, running
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def test_seed_scenario_decorated() -> None:
     task = parallel(workers=3, on_error="collect")(jobs.fail_every_third)
@@ -363,27 +361,3 @@ def test_no_process_outlives_a_module_level_map() -> None:
     pmap(jobs.square, range(100), workers=3)
     after = {p.pid for p in running(psutil.Process().children(recursive=True))}
     assert after - before == set()
-
-
-def test_parent_killed_hard_leaves_no_orphans(tmp_path: Path) -> None:
-    script = tmp_path / "parent.py"
-    script.write_text(
-        "import os, sys, time\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from parmap import imap\n"
-        "from tests.jobs import sleep_and_pid\n"
-        "for out in imap(sleep_and_pid, [0.0, 0.0] + [60.0] * 4, workers=3):\n"
-        "    print(out.value, flush=True)\n"
-    )
-    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as proc:
-        try:
-            assert proc.stdout is not None
-            proc.stdout.readline()  # the pool is up and working
-            workers = psutil.Process(proc.pid).children()
-            assert workers
-            proc.kill()
-            proc.wait(10)
-            _, alive = psutil.wait_procs(workers, timeout=10)
-            assert not alive, f"workers outlived their parent: {alive}"
-        finally:
-            proc.kill()

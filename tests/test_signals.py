@@ -141,7 +141,8 @@ def test_sigterm_raising_system_exit_stops_the_parent_cleanly(
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 @pytest.mark.parametrize(
-    ("mode", "method"), [("pmap", "fork"), ("apmap", "spawn"), ("pool", "forkserver")]
+    ("mode", "method"),
+    [("pmap", "fork"), ("imap", "fork"), ("apmap", "spawn"), ("pool", "forkserver")],
 )
 @pytest.mark.timeout(90)
 def test_parent_dying_abruptly_lets_every_worker_exit_on_its_own(

@@ -2,11 +2,12 @@
 
 usage: signal_parent.py MODE START_METHOD MARKER_DIR [--term-exits]
 
-MODE is ``pmap`` (module-level), ``apmap`` (module-level, under
-``asyncio.run``), ``pool`` (``Pool.pmap``) or ``decorated`` (a ``@parallel``
-function defined here, in ``__main__``). Each item writes its worker's pid to
-``MARKER_DIR/<index>.pid`` and sleeps for an hour, so the test knows when the
-map is running and which processes to look for. ``--term-exits`` installs a
+MODE is ``pmap`` (module-level), ``imap`` (module-level, iterated),
+``apmap`` (module-level, under ``asyncio.run``), ``pool`` (``Pool.pmap``) or
+``decorated`` (a ``@parallel`` function defined here, in ``__main__``). Each
+item writes its worker's pid to ``MARKER_DIR/<index>.pid`` and sleeps for an
+hour, so the test knows when the map is running and which processes to look
+for. ``--term-exits`` installs a
 SIGTERM handler that raises ``SystemExit`` (as many services do).
 
 The script catches ``KeyboardInterrupt`` and ``SystemExit`` only to say on
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.jobs import async_marked_sleep
 
-from parmap import Pool, apmap, parallel, pmap
+from parmap import Pool, apmap, imap, parallel, pmap
 
 WORKERS = 2
 HOUR = 3600.0
@@ -41,6 +42,9 @@ def run(mode: str, method: str, marker_dir: str) -> None:
     args = ([marker_dir] * WORKERS, range(WORKERS), [HOUR] * WORKERS)
     if mode == "pmap":
         pmap(async_marked_sleep, *args, workers=WORKERS, start_method=method)
+    elif mode == "imap":
+        for _ in imap(async_marked_sleep, *args, workers=WORKERS, start_method=method):
+            pass
     elif mode == "apmap":
         asyncio.run(apmap(async_marked_sleep, *args, workers=WORKERS, start_method=method))
     elif mode == "pool":
