@@ -7,6 +7,7 @@ by appending to the end of this file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -198,6 +199,15 @@ def fail_fast_or_sleep(x: int) -> int:
 # --- async maps (tests/test_async.py) ---------------------------------------
 
 
+def wait_for_path(path: str, timeout: float = 60.0) -> None:
+    """Block until ``path`` exists; ``TimeoutError`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.002)
+
+
 def _write_atomically(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -241,11 +251,8 @@ def async_decorated_logged_sleep(
 
 def async_wait_for(index: int, release: str | None, done_dir: str) -> int:
     """Wait until file ``release`` exists (if given), then mark ``index`` done."""
-    deadline = time.monotonic() + 60
-    while release is not None and not os.path.exists(release):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{release} never appeared")
-        time.sleep(0.005)
+    if release is not None:
+        wait_for_path(release)
     _write_atomically(os.path.join(done_dir, f"{index}.done"), "")
     return index
 
@@ -258,11 +265,8 @@ def async_sleep_or_raise(marker_dir: str, index: int, seconds: float) -> int:
     """Like ``async_marked_sleep``; a negative ``seconds`` raises once input 1 is running."""
     if seconds >= 0:
         return async_marked_sleep(marker_dir, index, seconds)
-    deadline = time.monotonic() + 60
-    while not os.path.exists(os.path.join(marker_dir, "1.pid")):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.005)
+    with contextlib.suppress(TimeoutError):
+        wait_for_path(os.path.join(marker_dir, "1.pid"))
     raise ValueError(f"input {index} failed")
 
 
@@ -454,8 +458,7 @@ def hang_at(x: int, hang_on: int, how: str, marker_dir: str) -> int:
     hang begins.
     """
     if x == hang_on - 1 and how == "sleep_on_go":
-        while not os.path.exists(os.path.join(marker_dir, "go")):
-            time.sleep(0.001)
+        wait_for_path(os.path.join(marker_dir, "go"))
     if x != hang_on:
         return x
     _write_atomically(os.path.join(marker_dir, "hang.start"), repr(time.monotonic()))
