@@ -223,7 +223,7 @@ def check_squares(vals: Sequence[Any], n: int, name: str) -> None:
 # processes
 
 
-HELPERS = ("resource_tracker", "semaphore_tracker", "forkserver", "semlock")
+HELPERS = ("resource_tracker", "forkserver")  # multiprocessing's own helpers
 
 
 def live_children() -> dict[int, str]:
