@@ -514,15 +514,26 @@ def test_lambdas_and_closures_reach_workers_under_every_start_method(method: str
     assert res.values == [5, 6, 7, 8]
 
 
+_CLOSURE = "    scale = 3\n    def scaled(x):\n        return scale * x\n    fn = scaled\n"
+_LAMBDA = "    fn = lambda x: x\n"
+
+
 @pytest.mark.parametrize(
-    ("backend_code", "where"),
+    ("definition", "name", "backend_code", "where"),
     [
-        ("start_method='forkserver'", "worker processes ('forkserver' start method)"),
-        ("backend=ProcessPoolExecutor(1)", "to workers"),
+        (
+            _CLOSURE,
+            "main.<locals>.scaled",
+            "start_method='forkserver'",
+            "worker processes ('forkserver' start method)",
+        ),
+        (_LAMBDA, "main.<locals>.<lambda>", "start_method='spawn'", "('spawn' start method)"),
+        (_CLOSURE, "main.<locals>.scaled", "backend=ProcessPoolExecutor(1)", "to workers"),
     ],
+    ids=["closure-forkserver", "lambda-spawn", "closure-executor"],
 )
 def test_without_cloudpickle_the_error_names_the_function_and_the_ways_out(
-    backend_code: str, where: str
+    definition: str, name: str, backend_code: str, where: str
 ) -> None:
     import subprocess
     import sys
@@ -532,11 +543,9 @@ def test_without_cloudpickle_the_error_names_the_function_and_the_ways_out(
         "from concurrent.futures import ProcessPoolExecutor\n"
         "import parmap\n"
         "def main():\n"
-        "    scale = 3\n"
-        "    def scaled(x):\n"
-        "        return scale * x\n"
+        f"{definition}"
         "    try:\n"
-        f"        parmap.pmap(scaled, [1], workers=1, {backend_code})\n"
+        f"        parmap.pmap(fn, [1], workers=1, {backend_code})\n"
         "    except TypeError as e:\n"
         "        print(e)\n"
         "if __name__ == '__main__':\n"
@@ -545,7 +554,7 @@ def test_without_cloudpickle_the_error_names_the_function_and_the_ways_out(
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
-    assert "cannot send function main.<locals>.scaled" in out.stdout, out.stderr
+    assert f"cannot send function {name}" in out.stdout, out.stderr
     assert where in out.stdout
     assert "module level" in out.stdout and "install cloudpickle" in out.stdout
 
