@@ -110,7 +110,10 @@ class _Call:
             # to pickle, and a closure sees the caller's own state.
             self.payload = fn
         else:
-            self.payload = dump_function(fn, getattr(engine.backend, "start_method", None))
+            start_method = getattr(engine.backend, "start_method", None)
+            # Only worker processes of our own take buffers out of band.
+            threshold = config.shared_memory_threshold if start_method is not None else None
+            self.payload = dump_function(fn, start_method, threshold)
         small = isinstance(self.payload, bytes) and len(self.payload) < 512
         self.key: object = self.payload if small else fn
 

@@ -4,12 +4,16 @@ The engine is where the I/O-free scheduler meets the real world. It carries
 out the scheduler's commands on the backend and runs one step of the event
 loop in either of two ways:
 
-* synchronously (``pump``), waiting with ``multiprocessing.connection.wait``
-  on the backend's pipes and sentinels, the nearest deadline as timeout;
-* on an asyncio loop (``attach``), with ``loop.add_reader`` on the same file
-  descriptors and ``loop.call_later`` for deadlines, so no helper thread (a
-  loop that cannot watch descriptors gets a thread that only waits; see
-  ``_loopwatch``).
+* synchronously (``pump``), waiting with ``poll`` on the backend's sockets
+  and sentinels (for reading) and on the sockets it has output for (for
+  writing), the nearest deadline as timeout;
+* on an asyncio loop (``attach``), with ``loop.add_reader`` and
+  ``loop.add_writer`` on the same file descriptors and ``loop.call_later``
+  for deadlines, so no helper thread (a loop that cannot watch descriptors
+  gets a thread that only waits; see ``_loopwatch``).
+
+Either way the parent never blocks writing to a worker: it writes what a
+socket accepts and keeps reading results meanwhile.
 
 Threads may share a pool: one thread at a time takes the *turn* to pump, and a
 thread waiting for the turn wakes the pumping one through a self-pipe. A pool
@@ -20,21 +24,26 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import math
 import os
+import select
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from multiprocessing.connection import wait as mp_wait
 from typing import Any
 
 from ._backends.base import Backend, Waitable
-from ._loopwatch import ReaderWatch, ThreadWatch, make_watch
+from ._loopwatch import ReaderWatch, ThreadWatch, fd_of, make_watch
 from ._options import PoolConfig
 from ._scheduler import Job, Kill, Retire, Scheduler, Send, Spawn
 
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+#: The longest single wait (poll takes milliseconds in a C int): a deadline
+#: further away than this is simply waited for in several steps.
+MAX_WAIT_MS = 24 * 3600 * 1000
+_READ = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 
 @atexit.register
@@ -69,8 +78,12 @@ class Engine:
             item_beacon=getattr(self.backend, "item_beacon", True),
             can_kill=self.backend.can_kill,
             prefetch=getattr(self.backend, "prefetch", False),
+            backlogged=self.backend.backlogged,
         )
         self.backend.on_discard = self._on_discard
+        # Waitables discarded while one wait's ready list is being handled:
+        # their numbers may already belong to a new worker.
+        self._discarded: set[Waitable] = set()
         self.closed = False
         # Who drives the pool: blocking maps (counted) or one event loop.
         self._mode = threading.Lock()
@@ -108,7 +121,7 @@ class Engine:
                 elif isinstance(cmd, Retire):
                     backend.retire(cmd.wid)
         if self._watch is not None:
-            self._watch.update(self.backend.waitables())
+            self._watch.update(self.backend.waitables(), self.backend.writables())
             self._schedule_timer()
 
     def check_open(self) -> None:
@@ -119,6 +132,7 @@ class Engine:
     def finish(self, job: Job, *, cancel: bool) -> None:
         """The consumer of ``job`` is done with it; with ``cancel``, stop its work."""
         self._waiters.pop(job, None)
+        self.backend.forget(job.id)
         if cancel and not job.done:
             self.sched.cancel(job, time.monotonic())
         else:
@@ -191,22 +205,46 @@ class Engine:
 
     def pump(self) -> None:
         """Wait for the next event or deadline and process it (sync drivers)."""
-        sched = self.sched
+        sched, backend = self.sched, self.backend
         deadline = sched.next_deadline()
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        waitables: list[Any] = self.backend.waitables()
-        if not waitables and timeout is None:
+        readers = backend.waitables()
+        if not readers and timeout is None:
             timeout = 0.05  # nothing to watch (all workers being replaced)
+        poller = select.poll()
+        watched: dict[int, tuple[Waitable | None, Waitable | None]] = {}
+        for waitable in readers:
+            watched[fd_of(waitable)] = (waitable, None)
+        for waitable in backend.writables():
+            fd = fd_of(waitable)
+            watched[fd] = (watched.get(fd, (None, None))[0], waitable)
         wake_r = self._wake_fds()[0]
-        waitables.append(wake_r)
-        ready = mp_wait(waitables, timeout)
+        for fd, (reader, writer) in watched.items():
+            poller.register(
+                fd,
+                (_READ if reader is not None else 0)
+                | (select.POLLOUT if writer is not None else 0),
+            )
+        poller.register(wake_r, select.POLLIN)
+        wait_ms = None if timeout is None else min(math.ceil(timeout * 1000), MAX_WAIT_MS)
+        events = poller.poll(wait_ms)
         now = time.monotonic()
-        for waitable in ready:
-            if waitable == wake_r:
+        self._discarded.clear()
+        writable: list[Waitable] = []
+        for fd, mask in events:
+            if fd == wake_r:
                 self._drain_wakeups(wake_r)
                 continue
-            self.backend.handle(waitable, sched, now)  # type: ignore[arg-type]
+            reader, writer = watched[fd]
+            if writer is not None and mask & select.POLLOUT:
+                writable.append(writer)
+            if reader is None or not mask & _READ or reader in self._discarded:
+                continue
+            backend.handle(reader, sched, now)
             self.execute()
+        for writer in writable:
+            if writer not in self._discarded and backend.on_writable(writer):
+                sched.resume(now)
         if deadline is not None and now >= deadline:
             sched.on_time(now)
         self.execute()
@@ -233,8 +271,8 @@ class Engine:
         if first:
             # A loop that cannot watch descriptors (e.g. Windows' proactor
             # loop) gets a thread that only waits for them.
-            self._watch = make_watch(loop, self._on_readable)
-            self._watch.update(self.backend.waitables())
+            self._watch = make_watch(loop, self._on_readable, self._on_writable)
+            self._watch.update(self.backend.waitables(), self.backend.writables())
             self._schedule_timer()
         self._async_users += 1
 
@@ -280,6 +318,7 @@ class Engine:
                         future.set_result(None)
 
     def _on_discard(self, waitables: list[Waitable]) -> None:
+        self._discarded.update(waitables)
         if self._watch is not None:
             self._watch.discard(waitables)
 
@@ -298,6 +337,13 @@ class Engine:
 
     def _on_readable(self, waitable: Waitable) -> None:
         self._guarded(lambda now: self.backend.handle(waitable, self.sched, now))
+
+    def _on_writable(self, waitable: Waitable) -> None:
+        def step(now: float) -> None:
+            if self.backend.on_writable(waitable):
+                self.sched.resume(now)
+
+        self._guarded(step)
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None

@@ -1,10 +1,12 @@
-"""How an event loop learns that a worker's pipe or sentinel is ready.
+"""How an event loop learns that a worker's socket or sentinel is ready.
 
-Two strategies with one interface (``update``, ``discard``, ``close``):
+Descriptors are watched for reading (results, exits) and, while the parent
+has output queued for a worker, for writing. Two strategies with one
+interface (``update``, ``discard``, ``close``):
 
-* ``ReaderWatch`` registers each descriptor with ``loop.add_reader``. Every
-  POSIX event loop supports it (asyncio's selector loop, uvloop), and it needs
-  no thread.
+* ``ReaderWatch`` registers each descriptor with ``loop.add_reader`` and
+  ``loop.add_writer``. Every POSIX event loop supports them (asyncio's
+  selector loop, uvloop), and they need no thread.
 * ``ThreadWatch`` is the fallback for loops that cannot watch descriptors (the
   Windows proactor loop, some third-party loops). A thread only *waits*, on
   duplicates of the descriptors, and hands what became ready to the loop with
@@ -18,75 +20,102 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from multiprocessing.connection import wait as mp_wait
 
 from ._backends.base import Waitable
 
 Callback = Callable[[Waitable], None]
+_READ = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 
-def _fd(waitable: Waitable) -> int:
+def _ready(waitable: Waitable, mask: int) -> bool:
+    poller = select.poll()
+    poller.register(fd_of(waitable), mask)
+    return any(events & mask for _, events in poller.poll(0))
+
+
+def fd_of(waitable: Waitable) -> int:
+    """The descriptor number of a waitable."""
     return waitable if isinstance(waitable, int) else waitable.fileno()
 
 
-def make_watch(loop: asyncio.AbstractEventLoop, callback: Callback) -> ReaderWatch | ThreadWatch:
+def make_watch(
+    loop: asyncio.AbstractEventLoop, on_read: Callback, on_write: Callback
+) -> ReaderWatch | ThreadWatch:
     """The best way for ``loop`` to watch descriptors."""
     r, w = os.pipe()
     try:
         loop.add_reader(r, lambda: None)
         loop.remove_reader(r)
     except NotImplementedError:
-        return ThreadWatch(loop, callback)
+        return ThreadWatch(loop, on_read, on_write)
     finally:
         os.close(r)
         os.close(w)
-    return ReaderWatch(loop, callback)
+    return ReaderWatch(loop, on_read, on_write)
 
 
 class ReaderWatch:
-    """Watch descriptors with ``loop.add_reader``."""
+    """Watch descriptors with ``loop.add_reader`` and ``loop.add_writer``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callback) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_read: Callback, on_write: Callback
+    ) -> None:
         self._loop = loop
-        self._callback = callback
-        self._fds: dict[Waitable, int] = {}
+        self._on_read = on_read
+        self._on_write = on_write
+        self._readers: dict[Waitable, int] = {}
+        self._writers: dict[Waitable, int] = {}
 
-    def update(self, waitables: Iterable[Waitable]) -> None:
-        """Watch exactly ``waitables`` from now on.
+    def update(self, readers: Iterable[Waitable], writers: Iterable[Waitable] = ()) -> None:
+        """Watch exactly ``readers`` for reading and ``writers`` for writing from now on.
 
         Raises ``NotImplementedError`` when the loop cannot watch descriptors.
         """
-        current = set(waitables)
-        self.discard([w for w in self._fds if w not in current])
-        for waitable in current:
-            if waitable not in self._fds:
-                fd = _fd(waitable)
-                self._loop.add_reader(fd, self._callback, waitable)
-                self._fds[waitable] = fd
+        loop = self._loop
+        for watched, wanted, add, remove, callback in (
+            (self._readers, set(readers), loop.add_reader, loop.remove_reader, self._on_read),
+            (self._writers, set(writers), loop.add_writer, loop.remove_writer, self._on_write),
+        ):
+            for waitable in [w for w in watched if w not in wanted]:
+                remove(watched.pop(waitable))
+            for waitable in wanted:
+                if waitable not in watched:
+                    fd = fd_of(waitable)
+                    add(fd, callback, waitable)
+                    watched[waitable] = fd
 
     def discard(self, waitables: Iterable[Waitable]) -> None:
         """Stop watching ``waitables`` (before they are closed)."""
         for waitable in waitables:
-            fd = self._fds.pop(waitable, None)
+            fd = self._readers.pop(waitable, None)
             if fd is not None:
                 self._loop.remove_reader(fd)
+            fd = self._writers.pop(waitable, None)
+            if fd is not None:
+                self._loop.remove_writer(fd)
 
     def close(self) -> None:
         """Stop watching everything."""
-        self.discard(list(self._fds))
+        self.discard([*self._readers, *self._writers])
 
 
 class ThreadWatch:
     """Watch descriptors from a thread that only waits, for loops without ``add_reader``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callback) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_read: Callback, on_write: Callback
+    ) -> None:
         self._loop = loop
-        self._callback = callback
+        self._on_read = on_read
+        self._on_write = on_write
         self._lock = threading.Lock()
         self._dups: dict[Waitable, int] = {}  # owned by the loop thread until retired
+        self._readers: set[Waitable] = set()  # of ``_dups``, those watched for reading
+        self._writers: set[Waitable] = set()  # of ``_dups``, those watched for writing
         self._retired: list[int] = []  # duplicates the waiting thread must close
         self._stopping = False
         self._resume = threading.Event()
@@ -94,15 +123,18 @@ class ThreadWatch:
         self._thread = threading.Thread(target=self._run, name="parmap-loop-watch", daemon=True)
         self._thread.start()
 
-    def update(self, waitables: Iterable[Waitable]) -> None:
-        """Watch exactly ``waitables`` from now on."""
-        current = set(waitables)
+    def update(self, readers: Iterable[Waitable], writers: Iterable[Waitable] = ()) -> None:
+        """Watch exactly ``readers`` for reading and ``writers`` for writing from now on."""
+        wanted_writers = set(writers)
+        current = set(readers) | wanted_writers
         with self._lock:
             for waitable in [w for w in self._dups if w not in current]:
                 self._retired.append(self._dups.pop(waitable))
             for waitable in current:
                 if waitable not in self._dups:
-                    self._dups[waitable] = os.dup(_fd(waitable))
+                    self._dups[waitable] = os.dup(fd_of(waitable))
+            self._readers = set(readers)
+            self._writers = wanted_writers
         self._poke()
 
     def discard(self, waitables: Iterable[Waitable]) -> None:
@@ -110,6 +142,8 @@ class ThreadWatch:
         with self._lock:
             for waitable in waitables:
                 dup = self._dups.pop(waitable, None)
+                self._readers.discard(waitable)
+                self._writers.discard(waitable)
                 if dup is not None:
                     self._retired.append(dup)
         self._poke()
@@ -135,15 +169,27 @@ class ThreadWatch:
                     if self._stopping:
                         return
                     by_dup = {dup: waitable for waitable, dup in self._dups.items()}
-                ready = mp_wait([*by_dup, self._wake_r])
-                if self._wake_r in ready:
-                    with suppress(OSError):
-                        os.read(self._wake_r, 512)
-                hits = [by_dup[r] for r in ready if r in by_dup]
+                    poller = select.poll()
+                    for waitable, dup in self._dups.items():
+                        mask = _READ if waitable in self._readers else 0
+                        if waitable in self._writers:
+                            mask |= select.POLLOUT
+                        poller.register(dup, mask)
+                poller.register(self._wake_r, select.POLLIN)
+                hits: list[tuple[Waitable, bool]] = []
+                for fd, mask in poller.poll():
+                    if fd == self._wake_r:
+                        with suppress(OSError):
+                            os.read(self._wake_r, 512)
+                        continue
+                    if mask & _READ:
+                        hits.append((by_dup[fd], False))
+                    if mask & select.POLLOUT:
+                        hits.append((by_dup[fd], True))
                 if not hits:
                     continue
                 # Wait until the loop has handled them: the descriptors stay
-                # readable until then, and we must not report them twice.
+                # ready until then, and we must not report them twice.
                 self._resume.clear()
                 try:
                     self._loop.call_soon_threadsafe(self._deliver, hits)
@@ -161,12 +207,17 @@ class ThreadWatch:
                 with suppress(OSError):
                     os.close(fd)
 
-    def _deliver(self, hits: list[Waitable]) -> None:
+    def _deliver(self, hits: list[tuple[Waitable, bool]]) -> None:
         try:
-            for waitable in hits:
+            for waitable, for_writing in hits:
                 # Still watched, and still ready? (An earlier callback in this
                 # batch may have read or closed it; reading again would block.)
-                if waitable in self._dups and mp_wait([waitable], 0):
-                    self._callback(waitable)
+                if waitable not in self._dups:
+                    continue
+                if for_writing:
+                    if waitable in self._writers and _ready(waitable, select.POLLOUT):
+                        self._on_write(waitable)
+                elif waitable in self._readers and _ready(waitable, _READ):
+                    self._on_read(waitable)
         finally:
             self._resume.set()

@@ -30,6 +30,7 @@ class MapOptions(TypedDict, total=False):
     chunksize: int | None
     buffer: int | None
     progress: Any
+    shared_memory_threshold: int | None
 
 
 class PoolOptions(TypedDict, total=False):
@@ -95,6 +96,8 @@ class MapConfig:
     chunksize: int | None = None
     buffer: int | None = None
     progress: Any = False
+    #: Buffers of at least this many bytes cross through shared memory.
+    shared_memory_threshold: int | None = 1 << 20
 
     def __post_init__(self) -> None:
         t = self.timeout
@@ -110,6 +113,7 @@ class MapConfig:
         _int_option("chunksize", self.chunksize, 1, optional=True)
         _int_option("buffer", self.buffer, 1, optional=True)
         _check_progress(self.progress)
+        _int_option("shared_memory_threshold", self.shared_memory_threshold, 0, optional=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,15 +6,35 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
+from . import _shm
 from ._worker import PROTOCOL
 
 
-def dump_function(fn: Callable[..., Any], start_method: str | None) -> bytes:
+def dump_function(
+    fn: Callable[..., Any], start_method: str | None, threshold: int | None = None
+) -> bytes | _shm.Pickled:
     """Pickle ``fn`` for a worker, by reference where possible.
 
     Lambdas, closures and notebook functions cannot be pickled by reference;
-    ``cloudpickle`` sends them by value when it is installed.
+    ``cloudpickle`` sends them by value when it is installed. With a
+    ``threshold``, large buffers bound into the function (a partial's array)
+    go to shared memory once, for every worker of the map.
     """
+    if threshold is not None and _shm.AVAILABLE:
+        try:
+            return _shm.dumps(fn, threshold)
+        except Exception:
+            pass
+        try:
+            import cloudpickle  # type: ignore[import-untyped, unused-ignore]
+
+            return _shm.dumps(fn, threshold, dump=cloudpickle.dumps)
+        except Exception:
+            pass  # the plain path below raises the clear error
+    return _dump_function(fn, start_method)
+
+
+def _dump_function(fn: Callable[..., Any], start_method: str | None) -> bytes:
     try:
         return pickle.dumps(fn, PROTOCOL)
     except Exception as exc:

@@ -50,6 +50,7 @@ from typing import Any
 
 from ._options import MapConfig
 from ._results import TaskTimeoutError, WorkerCrashedError, mark_index
+from ._wire import Encoded
 
 #: Aim for chunks that keep a worker busy this long: long enough to make the
 #: round trip negligible, short enough to keep the tail of a map balanced.
@@ -124,10 +125,12 @@ class ChunkMessage(tuple[Any, ...]):
     """A chunk to send: ``(job_id, function_payload_or_None, star, args)``.
 
     A plain 4-tuple to every backend; ``timed`` tells a backend whose workers
-    date their items only when asked (processes) that the map has a timeout.
+    date their items only when asked (processes) that the map has a timeout,
+    ``threshold`` is the map's ``shared_memory_threshold``.
     """
 
     timed: bool = True
+    threshold: int | None = None
 
 
 Segment = tuple[int, list[Any], dict[int, BaseException] | None]
@@ -281,6 +284,7 @@ class Scheduler:
         item_beacon: bool = True,
         can_kill: bool = True,
         prefetch: bool = False,
+        backlogged: Callable[[int], bool] = lambda wid: False,
     ) -> None:
         self.workers = workers
         self._encode = encode
@@ -303,6 +307,9 @@ class Scheduler:
         # Whether a worker may hold a second chunk: the backend says so (its
         # workers read their chunks in order from their own pipe).
         self._prefetch = prefetch
+        # Whether a worker still has so much to read that it should not be
+        # sent a chunk ahead of time (the backend's write flow control).
+        self._backlogged = backlogged
 
     # ----------------------------------------------------------------- helpers
     def take_commands(self) -> list[Command]:
@@ -510,6 +517,8 @@ class Scheduler:
             chunk = slot.chunk
             if chunk is None or slot.queued is not None or not self._may_prefetch(chunk.job):
                 continue
+            if self._backlogged(slot.wid):
+                continue
             job = self._next_job()
             if job is None:
                 return
@@ -550,13 +559,19 @@ class Scheduler:
         fn = job.fn_payload if first else None
         message = ChunkMessage((job.id, fn, job.star, args))
         message.timed = job.config.timeout is not None
+        message.threshold = job.config.shared_memory_threshold
         try:
             payload = self._encode(message)
         except Exception:
             self._isolate_unpicklable(job, start, args, run.attempt)
             return
+        # The arguments' weight alone: the function a first chunk carries
+        # says nothing about the size of its items.
+        weight = payload.nbytes if isinstance(payload, Encoded) else None
         if isinstance(payload, bytes):
-            per_item = len(payload) / size
+            weight = len(payload)
+        if weight is not None:
+            per_item = weight / size
             job.item_bytes = per_item if job.item_bytes is None else max(job.item_bytes, per_item)
         if first:
             if len(slot.sent_jobs) >= FUNCTION_CACHE:
@@ -591,6 +606,10 @@ class Scheduler:
             job.pending.extendleft(reversed(good))
 
     # ------------------------------------------------------------------ events
+    def resume(self, now: float) -> None:
+        """A worker's backlog cleared: it may be sent work ahead of time again."""
+        self._dispatch(now)
+
     def on_ready(self, wid: int) -> None:
         """Worker ``wid`` started and ran its initializer."""
         slot = self.slots.get(wid)

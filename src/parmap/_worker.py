@@ -1,15 +1,21 @@
 """The worker process: receive a chunk, run each item, send outcomes back.
 
-Protocol on the worker's own pipe (every message is one pickled tuple):
+Protocol on the worker's own socket (frames, see ``_wire``; each body is
+one pickled tuple, large buffers travel beside it in shared memory, see
+``_shm``):
 
-* parent → worker: ``(job_id, function_or_None, star, timed, pickled_args)``,
-  a chunk; the function is sent once per job and cached; ``timed`` says the
-  map has a timeout (the watch thread then dates its items); the arguments
-  are pickled on their own; ``b""`` means stop. A worker may be sent its
-  next chunk while it runs one: it runs them in order.
+* parent → worker: ``(job_id, function, star, timed, threshold, args,
+  arg_refs)``, a chunk. ``function`` is ``None`` or ``(stream, refs,
+  segments)``, sent once per job and cached; its ``segments`` first
+  descriptors are its own, the rest belong to the arguments. ``timed`` says
+  the map has a timeout (the watch thread then dates its items);
+  ``threshold`` is the map's ``shared_memory_threshold`` for results. The
+  arguments are pickled on their own. An empty body means stop. A worker may
+  be sent its next chunk while it runs one: it runs them in order.
 * worker → parent: ``(READY,)`` once started; ``(INIT_FAILED, error)`` if the
   initializer raised; ``(BATCH, values, errors, pickled, busy)`` with the next
-  outcomes of the current chunk, in order.
+  outcomes of the current chunk, in order (values at the positions in
+  ``pickled`` are ``(stream, refs)`` into the frame's segments).
 
 Outcomes are batched for at most ``FLUSH_SECONDS`` so that tiny items do not
 pay a message each. The *beacon* (``Beacon``, a few numbers in shared memory)
@@ -27,17 +33,19 @@ import os
 import pickle
 import select
 import signal
+import socket
 import sys
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import _shm, _sockio
 from ._results import ErrorPayload, rebuild_error
 from ._scheduler import FUNCTION_CACHE, BeaconReading
+from ._wire import Frame, Inbox
 
 READY, BATCH, INIT_FAILED, UNDECODABLE = 0, 1, 2, 3
 FLUSH_SECONDS = 0.005
@@ -209,10 +217,11 @@ class Beacon:
 
 
 class _Worker:
-    def __init__(self, conn: Connection, beacon: Any) -> None:
-        self.conn = conn
+    def __init__(self, sock: socket.socket, beacon: Any) -> None:
+        self.sock = sock
         self.beacon = Beacon(beacon)
         self.timed = False  # a timed chunk is running: stamp its items
+        self.threshold: int | None = None  # the running map's shared_memory_threshold
         # The main thread appends here without the lock (deque appends are
         # atomic); whoever flushes holds ``lock``.
         self.out: deque[Any] = deque()
@@ -221,7 +230,7 @@ class _Worker:
         self.last_flush = time.monotonic()
 
     def send(self, message: tuple[Any, ...]) -> None:
-        self.conn.send_bytes(pickle.dumps(message, PROTOCOL))
+        _sockio.send(self.sock, pickle.dumps(message, PROTOCOL))
 
     def flush(self, *, concurrent: bool = False) -> None:
         """Send the buffered outcomes (caller holds ``lock``).
@@ -243,10 +252,15 @@ class _Worker:
             # The common case, checked by the pickler itself at C speed.
             _PlainPickler(buffer, PROTOCOL).dump((BATCH, values, None, None, busy))
         except Exception:
-            values, errors, pickled = encode_outcomes(values)
-            self.send((BATCH, values, errors, pickled, busy))
+            collector = _shm.Collector(self.threshold)
+            values, errors, pickled = encode_outcomes(values, collector)
+            segments = collector.segments()
+            body = pickle.dumps((BATCH, values, errors, pickled, busy), PROTOCOL)
+            _sockio.send(self.sock, body, [segment.fd for segment in segments])
+            for segment in segments:
+                segment.close()  # the descriptor in flight keeps it alive
         else:
-            self.conn.send_bytes(buffer.getbuffer())
+            _sockio.send(self.sock, buffer.getbuffer())
         self.last_flush = time.monotonic()
 
     def watch(self, parent: int, owner: int) -> None:
@@ -283,18 +297,24 @@ class _Worker:
     def run(self, preload: Callable[..., Any] | None) -> None:
         functions: dict[int, Callable[..., Any]] = {}
         started = 0
+        inbox = Inbox()
+        frames: list[Frame] = []
         while True:
-            try:
-                data = self.conn.recv_bytes()
-            except (EOFError, OSError):
+            if not frames and not _sockio.receive(self.sock, inbox, frames):
                 return
-            if not data:
+            body, fds = frames.pop(0)
+            if not body:
                 return
             try:
-                job_id, payload, star, timed, body = pickle.loads(data)
-                fn = self._function(functions, job_id, payload, preload)
-                chunk = pickle.loads(body)
+                job_id, function, star, timed, threshold, args, refs = pickle.loads(body)
+                maps = _shm.map_segments(fds)
+                fds = []
+                own = 0 if function is None else function[2]
+                fn = self._function(functions, job_id, function, maps[:own], preload)
+                chunk = _shm.loads(args, refs, maps[own:])
             except BaseException as exc:
+                for fd in fds:
+                    os.close(fd)
                 # An argument that cannot be unpickled here: say so, and
                 # stay alive for the next chunk.
                 self.send((UNDECODABLE, encode_error(exc)))
@@ -302,7 +322,9 @@ class _Worker:
             # The watch thread names the running item's start time while
             # a timed chunk runs (see ``watch``).
             self.timed = timed
+            self.threshold = threshold
             started = self._run_chunk(fn, star, chunk, started)
+            del chunk
             self.timed = False
             with self.lock:
                 self.flush()
@@ -361,13 +383,14 @@ class _Worker:
     def _function(
         functions: dict[int, Callable[..., Any]],
         job_id: int,
-        payload: bytes | None,
+        function: tuple[bytes, tuple[_shm.BufferRef, ...], int] | None,
+        maps: list[Any],
         preload: Callable[..., Any] | None,
     ) -> Callable[..., Any]:
-        if payload is not None:
+        if function is not None:
             fn: Callable[..., Any]
             try:
-                fn = pickle.loads(payload)
+                fn = _shm.loads(function[0], function[1], maps)
             except BaseException as exc:
                 fn = _raiser(exc)
             # A decorated function runs its original function here.
@@ -380,27 +403,27 @@ class _Worker:
         if known is not None:
             return known
         return _raiser(RuntimeError("parmap: the function of this map never reached the worker"))
-        return fn
 
 
 def worker_main(
-    conn: Connection,
+    sock: socket.socket,
     beacon: Any,
     ignore: bool,
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
     preload: Callable[..., Any] | None,
-    inherited: Connection | None,
+    inherited: socket.socket | None,
     owner: int,
 ) -> None:
     """Entry point of a worker process; ``owner`` is the pid of the pool's owner."""
     if inherited is not None:
-        # Under fork we inherit the parent's end of our own pipe; holding it
+        # Under fork we inherit the parent's end of our own socket; holding it
         # would hide the parent's death from us.
         inherited.close()
+    sock.setblocking(True)
     if ignore:
         ignore_signals()
-    worker = _Worker(conn, beacon)
+    worker = _Worker(sock, beacon)
     threading.Thread(target=worker.watch, args=(os.getppid(), owner), daemon=True).start()
     if initializer is not None:
         try:
@@ -451,10 +474,11 @@ _LOADED_LOCK = threading.Lock()
 
 
 def encode_outcomes(
-    values: list[Any],
+    values: list[Any], collector: _shm.Collector | None = None
 ) -> tuple[list[Any], dict[int, ErrorPayload] | None, list[int] | None]:
     """Make outcomes safe to send: ``_Failed`` markers become error payloads,
-    values that are not plain are pickled one by one (in place)."""
+    values that are not plain are pickled one by one (in place), each as
+    ``(stream, refs)`` with its large buffers in ``collector``'s segment."""
     errors: dict[int, ErrorPayload] | None = None
     pickled: list[int] | None = None
     for i, value in enumerate(values):
@@ -467,7 +491,10 @@ def encode_outcomes(
             values[i] = None
             continue
         try:
-            values[i] = pickle.dumps(value, PROTOCOL)
+            if collector is None:
+                values[i] = (pickle.dumps(value, PROTOCOL), ())
+            else:
+                values[i] = collector.dumps(value)
         except BaseException as exc:
             error = pickle.PicklingError(
                 f"the result could not be pickled ({type(exc).__name__}: {exc})"
@@ -545,20 +572,26 @@ def _without_frames(exc: BaseException) -> BaseException:
 
 
 def decode_batch(
-    values: list[Any], errors: dict[int, ErrorPayload] | None, pickled: list[int] | None
+    values: list[Any],
+    errors: dict[int, ErrorPayload] | None,
+    pickled: list[int] | None,
+    maps: Sequence[Any] = (),
 ) -> tuple[list[Any], dict[int, BaseException] | None]:
     """The parent's half of a ``Batch``: rebuild the errors, unpickle the values.
 
-    A value that cannot be unpickled here fails its own item with
-    ``pickle.UnpicklingError``.
+    ``maps`` are the batch's shared-memory segments, mapped. A value that
+    cannot be unpickled here fails its own item with ``pickle.UnpicklingError``
+    (also when its ``__reduce__`` raises ``SystemExit``: that must fail the
+    item, not end the caller's program).
     """
     rebuilt: dict[int, BaseException] | None = None
     if errors:
         rebuilt = {pos: _without_frames(rebuild_error(payload)) for pos, payload in errors.items()}
     for pos in pickled or ():
         try:
-            values[pos] = pickle.loads(values[pos])
-        except Exception as exc:
+            data, refs = values[pos]
+            values[pos] = _shm.loads(data, refs, maps)
+        except (Exception, SystemExit) as exc:
             values[pos] = None
             error = pickle.UnpicklingError(
                 f"the result could not be unpickled in the parent ({type(exc).__name__}: {exc})"

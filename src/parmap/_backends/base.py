@@ -9,8 +9,8 @@ from typing import Any, Protocol
 from .._scheduler import BeaconReading, Scheduler
 
 Waitable = Connection | int
-"""Something ``multiprocessing.connection.wait`` accepts and that has a file
-descriptor for an event loop: a pipe end or a process sentinel."""
+"""Something with a file descriptor to poll and give an event loop: a pipe
+end, a socket's or a process sentinel's descriptor number."""
 
 
 class Backend(Protocol):
@@ -29,11 +29,35 @@ class Backend(Protocol):
     on_discard: Callable[[list[Waitable]], None]
 
     def encode(self, message: object) -> object: ...
+    def forget(self, job_id: int) -> None: ...
     def spawn(self, wid: int) -> None: ...
     def send(self, wid: int, payload: Any) -> None: ...
     def kill(self, wid: int) -> None: ...
     def retire(self, wid: int) -> None: ...
     def close(self) -> None: ...
     def waitables(self) -> list[Waitable]: ...
+    def writables(self) -> list[Waitable]: ...
+    def on_writable(self, waitable: Waitable) -> bool: ...
+    def backlogged(self, wid: int) -> bool: ...
     def beacon(self, wid: int) -> BeaconReading: ...
     def handle(self, waitable: Waitable, sched: Scheduler, now: float) -> None: ...
+
+
+class InProcessIO:
+    """What a backend without sockets of its own says about writing: nothing
+    ever waits to be written, and no map leaves anything to forget."""
+
+    def writables(self) -> list[Waitable]:
+        """Nothing waits to be written."""
+        return []
+
+    def on_writable(self, waitable: Waitable) -> bool:
+        """Never called: there is nothing to write."""
+        return False
+
+    def backlogged(self, wid: int) -> bool:
+        """Never backlogged."""
+        return False
+
+    def forget(self, job_id: int) -> None:
+        """Nothing is kept per map."""

@@ -44,7 +44,7 @@ from typing import Any, cast
 from .._options import PoolConfig
 from .._scheduler import BeaconReading, Scheduler
 from .._worker import PROTOCOL, decode_batch, run_chunk
-from .base import Waitable
+from .base import InProcessIO, Waitable
 from .thread import (
     DONE,
     NEXT,
@@ -106,7 +106,7 @@ def _outcome(future: Any) -> tuple[Any, BaseException | None]:
         return None, exc.with_traceback(None)
 
 
-class ExecutorBackend:
+class ExecutorBackend(InProcessIO):
     """Worker slots whose chunks run as futures of a caller's executor."""
 
     can_kill = False

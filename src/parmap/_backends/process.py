@@ -1,8 +1,14 @@
-"""Worker processes, each with its own pipe and its own beacon.
+"""Worker processes, each with its own socket and its own beacon.
 
-Everything here is about processes and pipes; what to run where is the
-scheduler's business. One pipe per worker (not a shared queue) means killing
-a worker can never leave a lock held that the others need.
+Everything here is about processes and sockets; what to run where is the
+scheduler's business. One socket per worker (not a shared queue) means
+killing a worker can never leave a lock held that the others need.
+
+The parent never blocks on a worker's socket: chunks wait in the worker's
+``Outbox`` and are written as the socket accepts them (the drivers watch
+``writables()``), while results go on being read. A worker whose outbox is
+above ``HIGH_WATER`` is reported as backlogged, and the scheduler sends it no
+chunk ahead of time until it drains below ``LOW_WATER``.
 """
 
 from __future__ import annotations
@@ -11,23 +17,37 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import socket
 from collections.abc import Callable
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, cast
 
+from .. import _shm, _sockio
 from .._options import PoolConfig
 from .._results import rebuild_error
 from .._scheduler import BeaconReading, Scheduler
-from .._worker import BATCH, INIT_FAILED, PROTOCOL, READY, UNDECODABLE, Beacon, worker_main
+from .._wire import Encoded, Inbox, Outbox, ProtocolError
+from .._worker import (
+    BATCH,
+    INIT_FAILED,
+    PROTOCOL,
+    READY,
+    UNDECODABLE,
+    Beacon,
+    decode_batch,
+    worker_main,
+)
 from .base import Waitable
 
 #: How long an idle worker gets to exit after being told to stop.
 RETIRE_GRACE = 2.0
 #: How long we wait for the kernel to reap a SIGKILLed process.
 KILL_REAP_TIMEOUT = 10.0
+#: Outbox levels (bytes) between which a worker counts as backlogged.
+HIGH_WATER = 1 << 20
+LOW_WATER = 1 << 16
 
 
 def stop_process(proc: BaseProcess, *, force: bool, grace: float = RETIRE_GRACE) -> int | None:
@@ -54,18 +74,23 @@ def stop_process(proc: BaseProcess, *, force: bool, grace: float = RETIRE_GRACE)
 @dataclass(slots=True)
 class _Proc:
     process: BaseProcess
-    conn: Connection
+    sock: socket.socket
+    fd: int
     sentinel: int
     beacon: Beacon
+    outbox: Outbox = field(default_factory=Outbox)
+    inbox: Inbox = field(default_factory=Inbox)
+    backlogged: bool = False
     eof: bool = False
+    reaped: bool = False  # stopped and reaped already (see ``handle``)
 
 
 class ProcessBackend:
     """Starts, feeds, watches and stops worker processes."""
 
     can_kill = True
-    #: Workers read chunks in order from their own pipe: one may be sent its
-    #: next chunk while it runs the current one (see Scheduler).
+    #: Workers read chunks in order from their own socket: one may be sent
+    #: its next chunk while it runs the current one (see Scheduler).
     prefetch = True
 
     def __init__(self, config: PoolConfig, *, preload: Callable[..., Any] | None = None) -> None:
@@ -76,23 +101,45 @@ class ProcessBackend:
         self._procs: dict[int, _Proc] = {}
         self._by_waitable: dict[Waitable, int] = {}
         self._retiring: list[BaseProcess] = []
+        # Buffers each running map already put in shared memory.
+        self._broadcasts: dict[int, _shm.Broadcast] = {}
         self.on_discard: Callable[[list[Waitable]], None] = lambda waitables: None
 
     # ------------------------------------------------------------- lifecycle
-    def encode(self, message: object) -> bytes:
-        """Pickle a chunk message for the pipe, with whether its map is timed."""
-        job_id, fn, star, args = cast("tuple[Any, Any, Any, Any]", message)
-        timed = getattr(message, "timed", True)
+    def encode(self, message: object) -> Encoded:
+        """Pickle a chunk message for the socket, large buffers out of band."""
+        job_id, fn, star, args = cast("tuple[int, Any, bool, list[Any]]", message)
+        timed: bool = getattr(message, "timed", True)
+        threshold: int | None = getattr(message, "threshold", None)
+        broadcast = self._broadcasts.get(job_id)
+        if broadcast is None and threshold is not None:
+            broadcast = self._broadcasts[job_id] = _shm.Broadcast()
+        collector = _shm.Collector(threshold, broadcast)
         # The arguments are pickled on their own, so that a worker that cannot
         # unpickle them still learns the function (its next chunk, already
         # sent, may come without it).
-        return pickle.dumps((job_id, fn, star, timed, pickle.dumps(args, PROTOCOL)), PROTOCOL)
+        data, refs = collector.dumps(args)
+        segments = collector.segments()
+        weight = len(data) + sum(ref[2] for ref in refs)
+        function: tuple[bytes, tuple[_shm.BufferRef, ...], int] | None = None
+        if fn is not None:
+            pickled = fn if isinstance(fn, _shm.Pickled) else _shm.Pickled(fn)
+            function = (pickled.data, pickled.refs, len(pickled.segments))
+            segments = pickled.segments + segments
+        body = pickle.dumps((job_id, function, star, timed, threshold, data, refs), PROTOCOL)
+        return Encoded(body, segments, weight)
+
+    def forget(self, job_id: int) -> None:
+        """A map is over: let go of the buffers it shared."""
+        broadcast = self._broadcasts.pop(job_id, None)
+        if broadcast is not None:
+            broadcast.clear()
 
     def spawn(self, wid: int) -> None:
         """Start worker ``wid``."""
         self._reap_retired()
         ctx = self._ctx
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        parent_sock, child_sock = socket.socketpair()
         shared = ctx.RawArray("d", Beacon.SLOTS)
         beacon = Beacon(shared)
         beacon.reset()
@@ -101,38 +148,77 @@ class ProcessBackend:
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
             args=(
-                child_conn,
+                child_sock,
                 shared,
                 cfg.ignore_signals,
                 cfg.initializer,
                 cfg.initargs,
                 self.preload,
-                parent_conn if forked else None,
+                parent_sock if forked else None,
                 os.getpid(),
             ),
             name=f"parmap-worker-{wid}",
         )
         try:
             proc.start()
+        except BaseException:
+            parent_sock.close()
+            raise
         finally:
-            child_conn.close()
-        entry = _Proc(proc, parent_conn, proc.sentinel, beacon)
+            child_sock.close()
+        parent_sock.setblocking(False)
+        entry = _Proc(proc, parent_sock, parent_sock.fileno(), proc.sentinel, beacon)
         self._procs[wid] = entry
-        self._by_waitable[parent_conn] = wid
+        self._by_waitable[entry.fd] = wid
         self._by_waitable[entry.sentinel] = wid
 
-    def send(self, wid: int, payload: bytes) -> None:
-        """Send a chunk; a dead worker is noticed through its sentinel instead."""
+    def send(self, wid: int, payload: Encoded) -> None:
+        """Queue a chunk and write what the socket takes now; never blocks."""
         entry = self._procs.get(wid)
         if entry is None:
             return
-        with contextlib.suppress(OSError):
-            entry.conn.send_bytes(payload)
+        entry.outbox.put(payload.body, [seg.fd for seg in payload.segments], payload.segments)
+        self._write(entry)
+
+    def writables(self) -> list[Waitable]:
+        """Sockets with output waiting."""
+        return [entry.fd for entry in self._procs.values() if entry.outbox]
+
+    def on_writable(self, waitable: Waitable) -> bool:
+        """Write more to the worker whose socket became writable.
+
+        Returns True when that ended the worker's backlog (see ``backlogged``).
+        """
+        wid = self._by_waitable.get(waitable)
+        entry = self._procs.get(wid) if wid is not None else None
+        if entry is None or waitable != entry.fd:
+            return False
+        was = entry.backlogged
+        self._write(entry)
+        return was and not entry.backlogged
+
+    def backlogged(self, wid: int) -> bool:
+        """Whether worker ``wid`` has so much unwritten that it should get no more now."""
+        entry = self._procs.get(wid)
+        return entry is not None and entry.backlogged
+
+    @staticmethod
+    def _write(entry: _Proc) -> None:
+        try:
+            _sockio.write_ready(entry.sock, entry.outbox)
+        except OSError:
+            # The worker is gone; its sentinel will say so.
+            entry.outbox.clear()
+        pending = entry.outbox.pending
+        if pending > HIGH_WATER:
+            entry.backlogged = True
+        elif pending < LOW_WATER:
+            entry.backlogged = False
 
     def kill(self, wid: int) -> None:
-        """Kill worker ``wid`` and reap it."""
+        """Kill worker ``wid``; it is reaped without waiting where possible."""
         entry = self._discard(wid, tell=False)
-        if entry is not None:
+        if entry is not None and not entry.reaped:
             stop_process(entry.process, force=True)
 
     def retire(self, wid: int) -> None:
@@ -155,28 +241,34 @@ class ProcessBackend:
         entry = self._procs.pop(wid, None)
         if entry is None:
             return None
-        gone = [w for w in (entry.conn, entry.sentinel) if w in self._by_waitable]
+        gone: list[Waitable] = [w for w in (entry.fd, entry.sentinel) if w in self._by_waitable]
         for w in gone:
             del self._by_waitable[w]
         self.on_discard(gone)
-        if tell:
+        if tell and not entry.outbox:
             # "Stop"; only idle workers are told, a busy one would not listen.
+            # A worker is idle only when everything sent was written.
             with contextlib.suppress(OSError):
-                entry.conn.send_bytes(b"")
-        entry.conn.close()
+                _sockio.send_nowait(entry.sock, b"")
+        entry.outbox.clear()
+        for fd in entry.inbox.take_stray_fds():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        entry.sock.close()
         return entry
 
     def close(self) -> None:
         """Stop every worker (the scheduler already retired or killed them)."""
         for wid in list(self._procs):
             self.kill(wid)
+        self._broadcasts.clear()
         retiring, self._retiring = self._retiring, []
         for proc in retiring:
             stop_process(proc, force=False)
 
     # --------------------------------------------------------------- reading
     def waitables(self) -> list[Waitable]:
-        """Pipes and sentinels to watch."""
+        """Sockets and sentinels to watch for reading."""
         return list(self._by_waitable)
 
     def beacon(self, wid: int) -> BeaconReading:
@@ -190,49 +282,60 @@ class ProcessBackend:
         if wid is None:
             return
         entry = self._procs[wid]
-        if waitable is entry.conn:
+        if waitable == entry.fd:
             self._read(wid, entry, sched, now)
             return
         # The process exited: read what it sent before dying, then report.
-        while not entry.eof and wid in self._procs and entry.conn.poll():
-            self._read(wid, entry, sched, now)
-        if wid in self._procs:
-            entry.process.join(KILL_REAP_TIMEOUT)
-            sched.on_exit(wid, entry.process.exitcode, now)
-
-    def _read(self, wid: int, entry: _Proc, sched: Scheduler, now: float) -> None:
-        try:
-            data = entry.conn.recv_bytes()
-        except (EOFError, OSError):
-            # The worker closed its end: it is exiting. Stop watching the pipe
-            # (it would stay readable) and let the sentinel report the exit.
-            entry.eof = True
-            if entry.conn in self._by_waitable:
-                del self._by_waitable[entry.conn]
-                self.on_discard([entry.conn])
+        while not entry.eof and wid in self._procs:
+            if not self._read(wid, entry, sched, now):
+                break
+        if wid not in self._procs:
             return
-        message = pickle.loads(data)
+        code = entry.process.exitcode  # polls without blocking
+        if code is None:
+            # The sentinel fired but the process lives: the task closed the
+            # descriptors it inherited. It cannot be watched any more.
+            code = stop_process(entry.process, force=True)
+            entry.reaped = True
+            detail: int | str | None = (
+                "it closed its inherited descriptors (the worker was killed)"
+                if code is None
+                else code
+            )
+            sched.on_exit(wid, detail, now)  # type: ignore[arg-type]
+            return
+        sched.on_exit(wid, code, now)
+
+    def _read(self, wid: int, entry: _Proc, sched: Scheduler, now: float) -> bool:
+        """Read and process what the worker sent; False when nothing came."""
+        try:
+            frames, closed = _sockio.read_ready(entry.sock, entry.inbox)
+        except ProtocolError:
+            frames, closed = [], True
+        for body, fds in frames:
+            if wid not in self._procs:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            self._message(wid, body, fds, sched, now)
+        if closed and not entry.eof:
+            # The worker closed its end: it is exiting. Stop watching the
+            # socket (it would stay readable) and let the sentinel report.
+            entry.eof = True
+            if entry.fd in self._by_waitable:
+                del self._by_waitable[entry.fd]
+                self.on_discard([entry.fd])
+        return bool(frames)
+
+    def _message(
+        self, wid: int, body: bytes | bytearray, fds: list[int], sched: Scheduler, now: float
+    ) -> None:
+        maps = _shm.map_segments(fds) if fds else []
+        message = pickle.loads(body)
         tag = message[0]
         if tag == BATCH:
             _, values, raw_errors, pickled, busy = message
-            errors: dict[int, BaseException] | None = None
-            if raw_errors:
-                errors = {pos: rebuild_error(payload) for pos, payload in raw_errors.items()}
-            if pickled:
-                for pos in pickled:
-                    try:
-                        values[pos] = pickle.loads(values[pos])
-                    # SystemExit too: a result's __reduce__ may raise it, and
-                    # it must fail that item, not end the caller's program.
-                    except (Exception, SystemExit) as exc:
-                        values[pos] = None
-                        errors = errors or {}
-                        error = pickle.UnpicklingError(
-                            f"the result could not be unpickled in the parent "
-                            f"({type(exc).__name__}: {exc})"
-                        )
-                        error.__cause__ = exc
-                        errors[pos] = error
+            values, errors = decode_batch(values, raw_errors, pickled, maps)
             sched.on_batch(wid, values, errors, busy, now)
         elif tag == READY:
             sched.on_ready(wid)

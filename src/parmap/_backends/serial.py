@@ -31,7 +31,7 @@ from typing import Any
 
 from .._options import PoolConfig
 from .._scheduler import BeaconReading, Scheduler
-from .base import Waitable
+from .base import InProcessIO, Waitable
 from .thread import LocalFunctions, local_error
 
 
@@ -47,7 +47,7 @@ class _Slot:
         self.pos = 0
 
 
-class SerialBackend:
+class SerialBackend(InProcessIO):
     """One worker slot, served by the thread that drives the map (see the module docs)."""
 
     can_kill = False

@@ -31,7 +31,7 @@ from .._options import PoolConfig
 from .._results import rebuild_error
 from .._scheduler import BeaconReading, Scheduler
 from .._worker import encode_error, load_function
-from .base import Waitable
+from .base import InProcessIO, Waitable
 
 # Tags of mailbox events; each event is a tuple ``(tag, wid, ...)``.
 READY, INIT_FAILED, OUTCOME, DONE, NEXT = range(5)
@@ -232,7 +232,7 @@ class _ThreadLane(Lane):
         )
 
 
-class ThreadBackend:
+class ThreadBackend(InProcessIO):
     """Worker slots served by threads of this process (see the module docs)."""
 
     can_kill = False
