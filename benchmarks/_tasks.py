@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 #: Environment variable naming a directory where tasks leave marker files.
 #: It is set by the harness before a pool starts, so workers inherit it.
@@ -81,3 +82,20 @@ def sleep_marked(i: int) -> int:
     _mark(f"started-{i}")
     time.sleep(60)
     return i
+
+
+def array_sum(arr: Any) -> float:
+    """A numpy argument in, a float out."""
+    return float(arr.sum())
+
+
+def array_full(size: int, value: int) -> Any:
+    """A small argument in, a numpy array of ``size`` doubles out."""
+    import numpy as np
+
+    return np.full(size, value, dtype=np.float64)
+
+
+def array_stride_sum(arr: Any, i: int, step: int) -> float:
+    """Read every page of a shared array: the sum of every ``step``-th element from ``i``."""
+    return float(arr[i::step].sum())

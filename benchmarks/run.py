@@ -48,6 +48,7 @@ except ImportError:
 
 import _ptasks
 import _tasks
+import data
 import event_loop_lag
 from event_loop_lag import rotate
 
@@ -993,6 +994,7 @@ WORKLOADS: dict[str, Callable[[Ctx], None]] = {
     "crash": bench_crash,
     "sigint": bench_sigint,
 }
+WORKLOADS.update(data.WORKLOADS)
 
 
 # --------------------------------------------------------------------------

@@ -17,7 +17,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--soak",
         action="store_true",
-        help="run the soak and chaos tests at full size (2,000 maps, 100,000 chaos items)",
+        help=(
+            "run the soak and chaos tests at full size (2,000 maps, 100,000 chaos items) "
+            "and every row of the matrix tests"
+        ),
     )
 
 
@@ -27,6 +30,17 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--soak"):
         os.environ.setdefault("PARMAP_SOAK", "2000")
         os.environ.setdefault("PARMAP_CHAOS_ITEMS", "100000")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Rows of the long matrices run with --soak; the default run keeps a
+    # representative slice of each (marked rows are deselected, not skipped).
+    if config.getoption("--soak"):
+        return
+    keep = [item for item in items if item.get_closest_marker("matrix") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
 
 
 @pytest.fixture(autouse=True)

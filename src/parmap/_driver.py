@@ -40,6 +40,22 @@ def _feed(engine: Engine, job: Job, source: Iterator[Any]) -> None:
     engine.execute()
 
 
+def _raise_error(job: Job) -> None:
+    """Raise the error that stopped ``job``, if any.
+
+    The job lets go of it first: the traceback holds the frames of this map
+    (and the results collected so far), which would otherwise wait for the
+    cycle collector instead of going as soon as the caller drops the error.
+    """
+    error, job.error = job.error, None
+    if error is None:
+        return
+    try:
+        raise error
+    finally:
+        del error
+
+
 def iterate(
     engine: Engine, new_job: Callable[[], Job], source: Iterator[Any], progress: Progress
 ) -> Generator[Segment, None, None]:
@@ -71,8 +87,7 @@ def iterate(
                     engine.pump()
             progress.update(job)
         progress.update(job)
-        if job.error is not None:
-            raise job.error
+        _raise_error(job)
         completed = True
     finally:
         try:
@@ -149,8 +164,7 @@ async def aiterate(
                     continue
             await engine.changed(job)
         progress.update(job)
-        if job.error is not None:
-            raise job.error
+        _raise_error(job)
         completed = True
     finally:
         try:

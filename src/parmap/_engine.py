@@ -52,6 +52,10 @@ def _close_all() -> None:
         engine.close()
 
 
+def _ignore_discard(waitables: list[Waitable]) -> None:
+    pass
+
+
 class PoolInUseError(RuntimeError):
     """A pool was asked to serve two masters (an event loop and threads)."""
 
@@ -148,6 +152,9 @@ class Engine:
         self.sched.close()
         self.execute()
         self.backend.close()
+        # The backend calls back into us; a closed engine should not wait
+        # for the cycle collector to be freed.
+        self.backend.on_discard = _ignore_discard
         self.notify()
         self._detach_all()
         if self._wake is not None:

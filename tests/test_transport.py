@@ -1,0 +1,297 @@
+"""The transport: no size or number of inputs and results makes a map hang
+(promise 8), large buffers cross through shared memory, nothing leaks.
+
+Cases that could hang run in a subprocess with a hard time limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parmap import Pool, pmap
+from parmap._wire import HEADER, Inbox, Outbox
+
+from . import transport_cases as cases
+from .procs import pid_running
+
+ROOT = Path(__file__).resolve().parent.parent
+REPRESENTATIVE = {
+    "fork": cases.APIS,
+    "spawn": ("pmap", "imap_ordered", "apmap"),
+    "forkserver": ("pmap", "aimap"),
+}
+
+
+def run_cases(*args: str, limit: float) -> subprocess.CompletedProcess[str]:
+    """Run ``tests.transport_cases`` in a subprocess; a hang fails the test."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.transport_cases", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=limit,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout
+        pytest.fail(f"hung after {limit} s; finished cases:\n{out}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def _matrix() -> list[Any]:
+    params = []
+    for method in ("fork", "spawn", "forkserver"):
+        for api in cases.APIS:
+            marks = [] if api in REPRESENTATIVE[method] else [pytest.mark.matrix]
+            params.append(pytest.param(method, api, marks=marks, id=f"{method}-{api}"))
+    return params
+
+
+@pytest.mark.parametrize(("start_method", "api"), _matrix())
+def test_every_size_through_every_map(start_method: str, api: str) -> None:
+    out = run_cases(start_method, api, limit=150).stdout
+    assert out.count("\nok ") + out.startswith("ok ") == len(cases.CASES), out
+
+
+def test_thirty_thousand_lines_through_str_upper() -> None:
+    # The report that opened issue 11: this map never returned.
+    script = (
+        "from parmap import pmap\n"
+        "lines = [f'{i:06d} ' + 'x' * 93 for i in range(30_000)]\n"
+        "res = pmap(str.upper, lines, workers=2)\n"
+        "assert res.unwrap() == [line.upper() for line in lines]\n"
+        "print('done')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert proc.stdout.strip() == "done", proc.stderr
+
+
+def test_numpy_results_are_backed_by_shared_memory() -> None:
+    res = pmap(cases.make_array, [2_000_000, 10, 300_000], workers=2)
+    big, small, mid = res
+    assert np.array_equal(big, np.arange(2_000_000, dtype=np.float64))
+    assert np.array_equal(small, np.arange(10, dtype=np.float64))
+    assert np.array_equal(mid, np.arange(300_000, dtype=np.float64))
+
+    def backing(arr: np.ndarray) -> object:
+        base: Any = arr
+        while getattr(base, "base", None) is not None:
+            base = base.base
+        return base.obj if isinstance(base, memoryview) else base
+
+    assert isinstance(backing(big), mmap.mmap)  # 16 MB: through a segment
+    assert not isinstance(backing(small), mmap.mmap)  # 80 B: in the pickle stream
+    big[0] = 42.0  # a private mapping: writable
+    assert big[0] == 42.0
+
+
+def test_threshold_none_sends_everything_through_the_socket() -> None:
+    arrays = [np.full(400_000, i, dtype=np.float64) for i in range(6)]
+    res = pmap(cases.slow_sum, arrays, [0.0] * 6, workers=2, shared_memory_threshold=None)
+    assert res.unwrap() == [400_000.0 * i for i in range(6)]
+    seen = pmap(cases.mapped_segments, [None] * 4, workers=2, shared_memory_threshold=None)
+    assert seen.unwrap() == [[]] * 4
+
+
+def test_bytearray_and_memoryview_cross_out_of_band() -> None:
+    data = bytearray(os.urandom(3 << 20))
+    view = memoryview(bytes(data))
+    res = pmap(cases.transform, [bytes(data), data], workers=2)
+    assert res[0] == bytes(data)[::-1]
+    with Pool(workers=2) as pool:
+        got = pool.pmap(len, [data, view, data]).unwrap()
+    assert got == [len(data)] * 3
+
+
+def test_a_big_bound_array_is_put_in_shared_memory_once() -> None:
+    big = np.arange(4_000_000, dtype=np.float64)  # 32 MB
+    with Pool(workers=2) as pool:
+        res = pool.pmap(partial(cases.first_value_and_segments, big), range(200), chunksize=1)
+        values = [v for v, _ in res.unwrap()]
+        assert values == [float(i) for i in range(200)]
+        inodes = {tuple(segs) for _, segs in res.unwrap()}
+        # Every item saw the same one segment, whichever worker ran it.
+        assert len({i for segs in inodes for i in segs}) == 1, inodes
+
+
+def test_the_same_array_in_every_item_is_put_in_shared_memory_once() -> None:
+    big = np.arange(4_000_000, dtype=np.float64)
+    res = pmap(cases.first_value_and_segments, [big] * 100, range(100), workers=2, chunksize=1)
+    assert [v for v, _ in res.unwrap()] == [float(i) for i in range(100)]
+    seen = {i for _, segs in res.unwrap() for i in segs}
+    assert len(seen) == 1, seen
+
+
+def test_an_array_changed_between_chunks_is_sent_again() -> None:
+    buf = np.zeros(2_000_000, dtype=np.float64)
+
+    def items() -> Any:
+        for i in range(6):
+            buf[:] = i  # the same object, new contents: must not be sent stale
+            yield buf.copy() if i % 2 else buf
+
+    res = pmap(cases.slow_sum, items(), [0.0] * 6, workers=2, chunksize=1, buffer=1)
+    assert res.unwrap() == [2_000_000.0 * i for i in range(6)]
+
+
+def test_nothing_is_left_open_after_timeouts_crashes_and_cancels() -> None:
+    run_cases("leaks", "fork", limit=120)
+
+
+@pytest.mark.parametrize("start_method", ["spawn"])
+def test_nothing_is_left_open_under_spawn(start_method: str) -> None:
+    run_cases("leaks", start_method, limit=150)
+
+
+def _processes_holding_segments() -> list[int]:
+    holders = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if "memfd:parmap" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                    holders.append(int(pid))
+                    break
+            with open(f"/proc/{pid}/maps") as maps:
+                if "memfd:parmap" in maps.read():
+                    holders.append(int(pid))
+        except OSError:
+            continue
+    return sorted(set(holders))
+
+
+@pytest.mark.allow_leftover
+def test_a_killed_parent_leaves_no_segment_behind(tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.transport_cases", "hold", str(marker)], cwd=ROOT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists()
+        time.sleep(0.5)  # the workers have their arrays mapped by now
+        workers = [int(p) for p in _processes_holding_segments() if int(p) != proc.pid]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(pid_running(p) for p in workers):
+            time.sleep(0.05)
+        assert not [p for p in workers if pid_running(p)]
+        assert _processes_holding_segments() == []
+        assert not [name for name in os.listdir("/dev/shm") if "parmap" in name]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_an_async_map_of_large_items_keeps_the_loop_free() -> None:
+    items = cases.make_items(100_000, 300, "text")
+
+    async def main() -> tuple[list[Any], int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        ticker = asyncio.get_running_loop().create_task(tick())
+        try:
+            from parmap import apmap
+
+            res = await apmap(cases.transform, items, workers=2)
+        finally:
+            ticker.cancel()
+        return res.unwrap(), ticks
+
+    values, ticks = asyncio.run(main())
+    assert values == [s.upper() for s in items]
+    assert ticks > 0
+
+
+def test_hypothesis_sizes_and_speeds() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.transport_hypothesis"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_shared_memory_threshold_is_validated() -> None:
+    with pytest.raises(ValueError, match="shared_memory_threshold must be >= 0, got -1"):
+        pmap(len, ["a"], shared_memory_threshold=-1)
+    with pytest.raises(TypeError, match="shared_memory_threshold must be an int or None"):
+        pmap(len, ["a"], shared_memory_threshold=1.5)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------- the codec
+@settings(max_examples=60, deadline=None)
+@given(
+    bodies=st.lists(st.binary(min_size=0, max_size=200_000), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(min_value=1, max_value=300_000), min_size=1, max_size=30),
+    with_fds=st.lists(st.integers(min_value=0, max_value=3), min_size=6, max_size=6),
+)
+def test_codec_round_trip(bodies: list[bytes], cuts: list[int], with_fds: list[int]) -> None:
+    """Frames written in arbitrary pieces arrive whole, in order, with their descriptors."""
+    outbox = Outbox()
+    fake_fd = iter(range(1000, 2000))
+    sent = []
+    for body, nfds in zip(bodies, with_fds, strict=False):
+        fds = [next(fake_fd) for _ in range(nfds)]
+        outbox.put(body, fds)
+        sent.append((body, fds))
+    assert outbox.pending == sum(HEADER.size + len(b) for b in bodies)
+    stream = bytearray()
+    fd_stream: list[int] = []
+    inbox = Inbox()
+    got: list[Any] = []
+    pending: list[tuple[bytes, list[int]]] = []
+    i = 0
+    while outbox:
+        buffers, fds = outbox.next_write()
+        data = b"".join(bytes(b) for b in buffers)
+        n = min(len(data), cuts[i % len(cuts)])
+        i += 1
+        if fds:
+            assert n > 0
+        outbox.wrote(n)
+        pending.append((data[:n], fds))
+    for data, fds in pending:
+        stream += data
+        fd_stream += fds
+        pos = 0
+        first = True
+        while pos < len(data):
+            view = inbox.buffer()
+            take = min(view.nbytes, len(data) - pos)
+            view[:take] = data[pos : pos + take]
+            got += inbox.received(take, fds if first else ())
+            first = False
+            pos += take
+    assert [(bytes(b), f) for b, f in got] == sent
+    assert outbox.pending == 0
