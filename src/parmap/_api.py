@@ -158,7 +158,11 @@ class _Call:
             async for segment in segments:
                 collect((segment,), values, errors)
         finally:
-            await segments.aclose()
+            # Unless this coroutine is being closed while it awaits the
+            # generator (its task destroyed with a closed loop): the generator
+            # is still running then, and cannot be closed from here.
+            if not getattr(segments, "ag_running", False):
+                await segments.aclose()
         return MapResult(values, dict(sorted(errors.items())))
 
     async def astream(self) -> AsyncGenerator[Outcome[Any], None]:
@@ -170,7 +174,11 @@ class _Call:
                 for outcome in outcomes((segment,)):
                     yield outcome
         finally:
-            await segments.aclose()
+            # Unless this coroutine is being closed while it awaits the
+            # generator (its task destroyed with a closed loop): the generator
+            # is still running then, and cannot be closed from here.
+            if not getattr(segments, "ag_running", False):
+                await segments.aclose()
 
 
 class Pool:
