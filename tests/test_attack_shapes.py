@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import weakref
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,17 @@ def test_a_parallel_partial_pickles_by_value_and_still_maps() -> None:
         copy.close()
     # A named @parallel function still pickles by reference, to itself.
     assert pickle.loads(pickle.dumps(jobs.decorated_square)) is jobs.decorated_square
+
+
+def test_a_parallel_partial_on_a_process_pool_executor_of_its_own() -> None:
+    # The wrapper travels by value to the executor's processes; its options
+    # name the executor, which stays behind (it belongs to this process).
+    with ProcessPoolExecutor(2) as executor:
+        task = parallel(workers=2, backend=executor)(functools.partial(jobs.count_words, sep=","))
+        try:
+            assert task.pmap(["a,b,c", "d", ",,"]).values == [3, 1, 0]
+        finally:
+            task.close()
 
 
 @pytest.mark.parametrize(
