@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import functools
 import reprlib
-from collections.abc import Hashable
 from types import CodeType
 
 #: A partial of a partial of ... is unwrapped at most this deep.
 _MAX_UNWRAP = 8
 _SHORT = reprlib.Repr()
 _SHORT.maxother = 80
+
+FunctionKey = tuple[str | None, str | None, int | None, int]
+"""Module, qualname, first line of the code, and how many partials wrap it."""
 
 
 def _text(value: object) -> str | None:
@@ -46,7 +48,7 @@ def _unwrap(fn: object) -> tuple[object, int]:
     return fn, partials
 
 
-def function_key(fn: object) -> Hashable:
+def function_key(fn: object) -> FunctionKey:
     """A small key naming ``fn``'s code: the same across maps, holding no reference to ``fn``.
 
     Partials of one function share its key, and so do the instances of one
