@@ -8,6 +8,9 @@ by appending to the end of this file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import json
 import os
 import signal
 import time
@@ -466,4 +469,90 @@ def hang_at(x: int, hang_on: int, how: str, marker_dir: str) -> int:
         sum(range(10**15))
     else:
         time.sleep(3600)
+    return x
+
+
+# --- callables and exceptions of every shape (tests/test_attack_shapes.py) ------
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordRejectedError(Exception):
+    """A frozen dataclass exception: its ``__setattr__`` refuses every name."""
+
+    line: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenBareError(Exception):
+    """A frozen dataclass exception without fields: it pickles and unpickles."""
+
+
+def validate_record(line: str) -> dict[str, Any]:
+    """Parse a JSON line; reject one without a ``"name"`` with a frozen exception."""
+    record: dict[str, Any] = json.loads(line)
+    if "name" not in record:
+        raise RecordRejectedError(line, "no name")
+    if record["name"] == "":
+        raise FrozenBareError()
+    return record
+
+
+class LoudStrError(Exception):
+    """An exception whose ``__str__`` raises ``KeyboardInterrupt``."""
+
+    def __str__(self) -> str:
+        raise KeyboardInterrupt
+
+
+def raise_loud_on(x: int, on: int) -> int:
+    if x == on:
+        raise LoudStrError(x)
+    return x
+
+
+def raise_with_tuple_notes(word: str) -> str:
+    """Raise for a word with a digit, with ``__notes__`` set to a tuple."""
+    if any(c.isdigit() for c in word):
+        error = ValueError(f"not a word: {word!r}")
+        error.__notes__ = ("checked by raise_with_tuple_notes",)  # type: ignore[assignment]
+        raise error
+    return word.upper()
+
+
+@dataclasses.dataclass
+class Scale:
+    """An unhashable callable (``eq=True`` sets ``__hash__`` to None)."""
+
+    factor: float
+
+    def __call__(self, x: float) -> float:
+        return self.factor * x
+
+
+def count_words(text: str, sep: str) -> int:
+    return len([w for w in text.split(sep) if w])
+
+
+#: ``@parallel`` over a partial and over a callable instance, at module level
+#: so that spawn workers can import the names (they still travel by value).
+parallel_count_spaces = parallel(workers=2)(functools.partial(count_words, sep=" "))
+parallel_scale = parallel(workers=2)(Scale(2.5))
+
+
+def array_sum(array: Any, x: int) -> float:
+    """Add ``x`` to the sum of a (large) numpy array bound in a partial."""
+    return float(array.sum()) + x
+
+
+def attempt_then(x: int, how: str, marker_dir: str) -> int:
+    """Record each attempt at ``x`` in ``marker_dir``; then hang or die for ``x == 0``."""
+    from pathlib import Path
+
+    attempts = len(list(Path(marker_dir).glob(f"{x}.*")))
+    Path(marker_dir, f"{x}.{attempts}").write_text(str(os.getpid()))
+    if x == 0:
+        if how == "hang":
+            time.sleep(3600)
+        os._exit(7)
     return x

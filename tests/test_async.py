@@ -13,6 +13,9 @@ import asyncio
 import gc
 import io
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -714,3 +717,100 @@ def test_an_aimap_never_iterated_holds_no_resources(run: Run) -> None:
         return open_fds() - before
 
     assert run(main()) == 0
+
+
+# --------------------------------------- issue 12: sources and loops that go away
+def run_script(code: str, *args: str, limit: float = 90.0) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (it may hang), killed after ``limit`` seconds."""
+    root = Path(__file__).resolve().parent.parent
+    src = Path(parmap.__file__).resolve().parent.parent
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=limit,
+        cwd=root,
+        env={"PYTHONPATH": str(src), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        check=False,
+    )
+
+
+LOOP_FACTORY = """
+import asyncio, sys
+import uvloop
+new_loop = uvloop.new_event_loop if sys.argv[1] == "uvloop" else asyncio.new_event_loop
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_an_async_source_raising_cancelled_error_stops_the_map(loop: str) -> None:
+    # An upstream reader that was itself cancelled: its CancelledError is the
+    # input's error, raised to the caller once the workers are stopped.
+    out = run_script(
+        LOOP_FACTORY
+        + """
+from parmap import Pool
+
+async def lines():
+    yield "alpha"
+    yield "beta"
+    raise asyncio.CancelledError
+
+async def main():
+    with Pool(workers=2) as pool:
+        try:
+            await pool.apmap(len, lines())
+        except asyncio.CancelledError:
+            print("CancelledError", flush=True)
+        print((await pool.apmap(len, ["gamma"])).values, flush=True)
+
+with asyncio.Runner(loop_factory=new_loop) as runner:
+    runner.run(main())
+""",
+        loop,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n") == ["CancelledError", "[5]", ""]
+    assert "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("ending", ["close", "exit"])
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_pool_outlives_a_loop_closed_under_a_pending_map(
+    loop: str, ending: str, tmp_path: Path
+) -> None:
+    out = run_script(
+        LOOP_FACTORY
+        + """
+import os
+from pathlib import Path
+from parmap import Pool
+from tests import jobs
+from tests.procs import wait_ended, processes
+
+marks = Path(sys.argv[2])
+pool = Pool(workers=2)
+loop = new_loop()
+pending = loop.create_task(pool.apmap(jobs.async_marked_sleep, [str(marks)] * 2, [0, 1], [60, 60]))
+
+async def started():
+    while len(list(marks.glob("*.pid"))) < 2:
+        await asyncio.sleep(0.01)
+
+loop.run_until_complete(asyncio.wait_for(started(), 30))
+loop.close()  # outside asyncio.run: the pending map's task is never resumed
+orphans = processes(int(p.read_text()) for p in marks.glob("*.pid"))
+print(pool.pmap(len, ["ab", "cde"]).values, flush=True)
+print(asyncio.run(pool.apmap(len, ["fghi"])).values, flush=True)
+print("stopped" if not wait_ended(orphans, 10) else "still running", flush=True)
+if sys.argv[3] == "close":
+    pool.close()
+""",
+        loop,
+        str(tmp_path),
+        ending,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n") == ["[2, 3]", "[4]", "stopped", ""]
+    # asyncio may warn that the user's task was destroyed pending; parmap prints nothing.
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr

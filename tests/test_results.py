@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import signal
 from collections.abc import Sequence
+from dataclasses import FrozenInstanceError
 
 import pytest
 
@@ -12,6 +13,7 @@ from parmap import MapResult, Outcome, RemoteError, TaskTimeoutError, WorkerCras
 from parmap._results import mark_index, rebuild_error
 from parmap._worker import encode_error
 
+from . import jobs
 from .jobs import NeedsTwoArgs
 
 
@@ -108,3 +110,68 @@ def test_base_exceptions_from_tasks_become_remote_error() -> None:
         rebuilt = rebuild_error(encode_error(exc))
         assert isinstance(rebuilt, RemoteError)
         assert rebuilt.type_name in ("SystemExit", "KeyboardInterrupt")
+
+
+# ------------------------------------------- exceptions of every shape (issue 12)
+def test_the_index_note_is_added_whatever_the_class_or_its_notes() -> None:
+    frozen = jobs.RecordRejectedError('{"born": 1906}', "no name")
+    with pytest.raises(FrozenInstanceError):
+        frozen.__notes__ = []
+    assert mark_index(frozen, 4).__notes__ == ["parmap: raised for input index 4"]
+
+    tupled = ValueError("x")
+    tupled.__notes__ = ("kept",)  # type: ignore[assignment]
+    mark_index(tupled, 1)
+    mark_index(tupled, 1)  # once only
+    assert tupled.__notes__ == ["kept", "parmap: raised for input index 1"]
+
+    odd = ValueError("y")
+    odd.__notes__ = "not a list"  # type: ignore[assignment]
+    assert mark_index(odd, 2).__notes__ == ["not a list", "parmap: raised for input index 2"]
+
+
+def test_a_frozen_exception_is_encoded_and_rebuilt_with_its_remote_traceback() -> None:
+    with pytest.raises(jobs.FrozenBareError) as info:
+        jobs.validate_record('{"name": ""}')
+    payload = encode_error(info.value)
+    assert info.value.__traceback__ is None  # dropped before pickling, despite the class
+    rebuilt = rebuild_error(payload)
+    assert type(rebuilt) is jobs.FrozenBareError
+    assert "validate_record" in str(rebuilt.__cause__)
+
+
+def test_encoding_an_exception_whose_str_raises_keyboard_interrupt_does_not_raise() -> None:
+    with pytest.raises(jobs.LoudStrError) as info:
+        jobs.raise_loud_on(3, 3)
+    data, name, message, tb_text = encode_error(info.value)
+    assert name == "tests.jobs.LoudStrError"
+    assert "str() of the exception failed" in message
+    assert "raise_loud_on" in tb_text
+    assert data is not None and type(pickle.loads(data)) is jobs.LoudStrError
+
+
+def test_a_frozen_exception_survives_tblibs_reducers() -> None:
+    # dask installs tblib's pickling support, which rebuilds every exception
+    # by setting attributes: a frozen dataclass refuses that. Run apart, as
+    # the install is for the whole process.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import tblib.pickling_support\n"
+        "tblib.pickling_support.install()\n"
+        "from tests import jobs\n"
+        "from parmap._results import rebuild_error\n"
+        "from parmap._worker import encode_error\n"
+        "try:\n"
+        "    jobs.validate_record('{\"name\": \"\"}')\n"
+        "except Exception as exc:\n"
+        "    error = exc\n"
+        "print(type(rebuild_error(encode_error(error))).__name__)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip() == "FrozenBareError", out.stderr

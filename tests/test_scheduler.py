@@ -10,7 +10,9 @@ import pytest
 from parmap import TaskTimeoutError, WorkerCrashedError
 from parmap._options import MapConfig
 from parmap._scheduler import (
+    ITEM_TIMES_KEPT,
     MAX_STARTUP_FAILURES,
+    MAX_WINDOW_ITEMS,
     POLL_SECONDS,
     Job,
     Kill,
@@ -325,7 +327,16 @@ def test_retry_on_limits_which_errors_are_retried() -> None:
 
 @pytest.mark.parametrize(
     ("retry_on", "retried"),
-    [((Exception,), False), ((TaskTimeoutError,), True), ((TimeoutError,), True)],
+    [
+        ((Exception,), False),
+        ((TaskTimeoutError,), True),
+        ((TimeoutError,), True),
+        # TaskTimeoutError is an OSError, but retry_on=(OSError,) means the
+        # I/O errors a task raises, not an item that hung.
+        ((OSError,), False),
+        ((ConnectionError, OSError), False),
+        ((KeyError, TimeoutError), True),
+    ],
 )
 def test_timeouts_are_retried_only_when_retry_on_names_them(
     retry_on: tuple[type[BaseException], ...], retried: bool
@@ -338,6 +349,76 @@ def test_timeouts_are_retried_only_when_retry_on_names_them(
     h.flush()
     assert (1 in h.chunks) is retried
     assert job.finished is not retried
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "retried"),
+    [
+        ((Exception,), False),
+        ((RuntimeError,), False),  # WorkerCrashedError is one; it does not say "crashes"
+        ((WorkerCrashedError,), True),
+        ((ValueError, WorkerCrashedError), True),
+    ],
+)
+def test_crashes_are_retried_only_when_retry_on_names_them(
+    retry_on: tuple[type[BaseException], ...], retried: bool
+) -> None:
+    h = Harness(workers=1)
+    job = h.job(range(1), retries=1, retry_on=retry_on, on_error="collect")
+    h.sched.on_ready(0)
+    h.beacons[0] = (1, 0.0)
+    h.sched.on_exit(0, -9, h.now)
+    h.flush()
+    assert (1 in h.chunks) is retried
+    assert job.finished is not retried
+
+
+@pytest.mark.parametrize("workers", [1, 2, 8])
+@pytest.mark.parametrize("chunksize", [1000, 10**5, 10**7])
+def test_an_explicit_chunksize_keeps_the_read_ahead_window_within_the_cap(
+    workers: int, chunksize: int
+) -> None:
+    h = Harness(workers=workers)
+    job = h.job(chunksize=chunksize)
+    window = h.sched.want(job)
+    assert window == min(2 * workers * chunksize, MAX_WINDOW_ITEMS)
+    h.sched.feed(job, list(range(window)), h.now)
+    h.flush()
+    # Every worker still gets a chunk of its own.
+    assert len(h.chunks) == workers
+    assert all(len(chunk) <= chunksize for chunk in h.chunks.values())
+
+
+def test_an_explicit_buffer_lets_an_explicit_chunksize_be_as_large_as_asked() -> None:
+    h = Harness(workers=2)
+    job = h.job(chunksize=10**5, buffer=4 * 10**5)
+    h.sched.feed(job, list(range(h.sched.want(job))), h.now)
+    h.flush()
+    assert sorted(len(chunk) for chunk in h.chunks.values()) == [10**5, 10**5]
+
+
+def test_item_times_are_remembered_for_a_bounded_number_of_functions() -> None:
+    h = Harness(workers=1)
+    for n in range(3 * ITEM_TIMES_KEPT):
+        job = h.sched.new_job(
+            MapConfig(), fn_payload=b"fn", star=False, ordered=False, fn_key=("f", n)
+        )
+        h.sched.feed(job, [n], h.now)
+        h.sched.end_input(job)
+        h.flush()
+        h.finish_all()
+        drain(job)
+        h.sched.remove(job)
+    assert len(h.sched._item_times) <= ITEM_TIMES_KEPT
+    # The latest ones are the ones kept: a new map of such a function starts informed.
+    latest = h.sched.new_job(
+        MapConfig(),
+        fn_payload=b"fn",
+        star=False,
+        ordered=False,
+        fn_key=("f", 3 * ITEM_TIMES_KEPT - 1),
+    )
+    assert latest.item_time is not None
 
 
 def test_raise_mode_stops_the_job_and_kills_only_its_workers() -> None:

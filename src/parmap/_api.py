@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 from collections.abc import (
     AsyncGenerator,
@@ -18,10 +19,12 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
+from dataclasses import replace
 from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
 
 from typing_extensions import Unpack
 
+from ._callables import callable_name, function_key
 from ._driver import aiterate, collect, iterate, outcomes
 from ._engine import Engine
 from ._options import Defaults, MapConfig, MapOptions, Options
@@ -114,8 +117,9 @@ class _Call:
             # Only worker processes of our own take buffers out of band.
             threshold = config.shared_memory_threshold if start_method is not None else None
             self.payload = dump_function(fn, start_method, threshold)
-        small = isinstance(self.payload, bytes) and len(self.payload) < 512
-        self.key: object = self.payload if small else fn
+        # Item times are remembered under a small key naming the code, never
+        # under the function itself (see ``_callables``).
+        self.key: object = function_key(fn)
 
     def new_job(self) -> Job:
         return self.engine.sched.new_job(
@@ -157,7 +161,11 @@ class _Call:
             async for segment in segments:
                 collect((segment,), values, errors)
         finally:
-            await segments.aclose()
+            # Unless this coroutine is being closed while it awaits the
+            # generator (its task destroyed with a closed loop): the generator
+            # is still running then, and cannot be closed from here.
+            if not getattr(segments, "ag_running", False):
+                await segments.aclose()
         return MapResult(values, dict(sorted(errors.items())))
 
     async def astream(self) -> AsyncGenerator[Outcome[Any], None]:
@@ -169,7 +177,11 @@ class _Call:
                 for outcome in outcomes((segment,)):
                     yield outcome
         finally:
-            await segments.aclose()
+            # Unless this coroutine is being closed while it awaits the
+            # generator (its task destroyed with a closed loop): the generator
+            # is still running then, and cannot be closed from here.
+            if not getattr(segments, "ag_running", False):
+                await segments.aclose()
 
 
 class Pool:
@@ -321,14 +333,18 @@ class ParallelFunction(Generic[P, T]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
         return self.__parmap_inline__(*args, **kwargs)
 
-    def __reduce__(self) -> str:
+    def __reduce__(self) -> str | tuple[Any, ...]:
         # Pickle by reference to this wrapper (the module attribute); the
         # worker unwraps it and runs the original function.
-        name: str = self.__dict__["__qualname__"]
-        return name
+        qualname = self.__dict__.get("__qualname__")
+        if isinstance(qualname, str) and _lookup(self.__dict__.get("__module__"), qualname) is self:
+            return qualname
+        # A wrapper that no name leads to (of a partial, of a callable
+        # instance, or not kept under its function's name) travels by value.
+        return (_rebuild_parallel, (self.__parmap_inline__, _portable(self._defaults)))
 
     def __repr__(self) -> str:
-        return f"<parallel function {self.__module__}.{self.__dict__['__qualname__']}>"
+        return f"<parallel function {callable_name(self.__parmap_inline__)}>"
 
     def _pool_for(self, options: Options) -> tuple[Pool, Defaults, bool]:
         defaults = self._defaults.merged(options)
@@ -394,6 +410,29 @@ class ParallelFunction(Generic[P, T]):
             pool, self._own_pool = self._own_pool, None
         if pool is not None:
             pool.close()
+
+
+def _lookup(module: object, qualname: str) -> object:
+    """What ``module.qualname`` names now, or ``None``."""
+    found: object = sys.modules.get(module) if isinstance(module, str) else None
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found
+
+
+def _portable(defaults: Defaults) -> Defaults:
+    """``defaults`` without what belongs to this process: an executor or a
+    dask client as backend, a tqdm instance as progress."""
+    pool, map_ = defaults.pool, defaults.map
+    if not isinstance(pool.backend, str):
+        pool = replace(pool, backend="process")
+    if not isinstance(map_.progress, bool | dict):
+        map_ = replace(map_, progress=False)
+    return Defaults(pool, map_)
+
+
+def _rebuild_parallel(fn: Callable[..., Any], defaults: Defaults) -> ParallelFunction[Any, Any]:
+    return ParallelFunction(fn, defaults)
 
 
 def _map_only(options: Options) -> MapOptions:

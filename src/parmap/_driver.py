@@ -10,6 +10,7 @@ the job, which kills the workers still running it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
 from contextlib import suppress
@@ -118,9 +119,17 @@ async def _feed_async(engine: Engine, job: Job, source: AsyncIterator[Any]) -> N
                 return
             sched.feed(job, [item], time.monotonic())
             engine.execute()
-    except Exception as exc:
+    except BaseException as exc:
+        task = asyncio.current_task()
+        if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+            raise  # this feeder was cancelled: the map is being torn down
+        # Anything else came from the source, a CancelledError of its own
+        # included: the map stops with it, as with a sync source, instead of
+        # waiting forever for input that will not come.
         sched.input_failed(job, exc, time.monotonic())
         engine.execute()
+        if not isinstance(exc, Exception | asyncio.CancelledError):
+            raise  # KeyboardInterrupt, SystemExit: the loop must see them too
     finally:
         engine.notify(job)
 
@@ -136,8 +145,6 @@ async def aiterate(
     A plain iterable is read on the loop (it must not block); an async one is
     read by a feeder task.
     """
-    import asyncio
-
     engine.check_open()
     loop = asyncio.get_running_loop()
     engine.attach(loop)

@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 from ._backends.base import Backend, Waitable
@@ -149,6 +149,7 @@ class Engine:
         if self.closed or os.getpid() != self.pid:
             return
         self.closed = True
+        self._release_closed_loop(cancel=False)
         self.sched.close()
         self.execute()
         self.backend.close()
@@ -167,6 +168,7 @@ class Engine:
     def begin_sync(self) -> None:
         """A blocking map starts; refused while an event loop drives the pool."""
         with self._mode:
+            self._release_closed_loop()
             if self.loop is not None:
                 raise PoolInUseError(
                     "this pool is serving an asyncio event loop; a blocking map cannot use it "
@@ -266,6 +268,7 @@ class Engine:
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Serve ``loop``: watch the backend's descriptors on it."""
         with self._mode:
+            self._release_closed_loop()
             if self._sync_maps:
                 raise PoolInUseError(
                     "this pool is running a blocking map; an async map cannot use it at the "
@@ -290,16 +293,39 @@ class Engine:
             self._detach_all()
 
     def _detach_all(self) -> None:
-        if self.loop is None:
+        loop = self.loop
+        if loop is None:
             return
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
-        if self._timer is not None:
-            self._timer.cancel()
+        # A closed loop may refuse even to forget a reader or a timer (uvloop).
+        with suppress(RuntimeError) if loop.is_closed() else nullcontext():
+            if self._watch is not None:
+                self._watch.close()
+            if self._timer is not None:
+                self._timer.cancel()
+        self._watch = None
         self._timer = self._timer_at = None
         self._async_users = 0
         self.loop = None
+
+    def _release_closed_loop(self, *, cancel: bool = True) -> None:
+        """Let go of an event loop that was closed while maps of ours were pending on it.
+
+        Those maps can never resume: their tasks went down with the loop,
+        without running their cleanup. Their work is stopped (with
+        ``cancel``) and the loop forgotten, so that the pool serves blocking
+        maps and other loops again, and closing it does not touch the dead
+        loop's futures.
+        """
+        loop = self.loop
+        if loop is None or not loop.is_closed():
+            return
+        self._waiters.clear()  # futures of the dead loop: no one awaits them
+        if cancel:
+            for job in list(self.sched.jobs):
+                self.sched.cancel(job, time.monotonic())
+        self._detach_all()
+        if cancel:
+            self.execute()
 
     def changed(self, job: Job) -> asyncio.Future[None]:
         """A future resolved the next time ``job`` may have progressed.

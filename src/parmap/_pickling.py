@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _shm
+from ._callables import callable_name
 from ._worker import PROTOCOL
 
 
@@ -41,7 +42,7 @@ def _dump_function(fn: Callable[..., Any], start_method: str | None) -> bytes:
         try:
             import cloudpickle  # type: ignore[import-untyped, unused-ignore]
         except ImportError:
-            name = getattr(fn, "__qualname__", None) or repr(fn)
+            name = callable_name(fn, module=False)
             how = f"worker processes ({start_method!r} start method)" if start_method else "workers"
             raise TypeError(
                 f"cannot send function {name} to {how}: it cannot be pickled "
@@ -52,7 +53,7 @@ def _dump_function(fn: Callable[..., Any], start_method: str | None) -> bytes:
         try:
             data: bytes = cloudpickle.dumps(fn, protocol=PROTOCOL)
         except Exception as again:
-            name = getattr(fn, "__qualname__", None) or repr(fn)
+            name = callable_name(fn, module=False)
             raise TypeError(
                 f"cannot send function {name} to worker processes: neither pickle nor "
                 f"cloudpickle can serialize it ({type(again).__name__}: {again}). Define "

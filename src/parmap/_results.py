@@ -8,6 +8,7 @@ the input index added as a note.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import signal
 from collections.abc import Iterator, Sequence
@@ -127,18 +128,50 @@ def rebuild_error(payload: ErrorPayload) -> BaseException:
             exc = loaded
     if exc is None:
         exc = RemoteError(type_name, message, tb_text)
-    exc.__traceback__ = None  # never a frame of ours (see _worker.encode_error)
+    set_dunder(exc, "__traceback__", None)  # never a frame of ours (see _worker.encode_error)
     if tb_text:
-        exc.__cause__ = _RemoteTraceback(tb_text)
+        set_dunder(exc, "__cause__", _RemoteTraceback(tb_text))
     return exc
+
+
+def set_dunder(exc: BaseException, name: str, value: object) -> None:
+    """Set ``exc.__traceback__``, ``__cause__`` or ``__notes__``, whatever its class says.
+
+    The interpreter sets the first two without asking the class (``raise ...
+    from``); a frozen dataclass exception, whose ``__setattr__`` refuses every
+    name, must not make parmap fail where Python itself would not.
+    """
+    with contextlib.suppress(Exception):
+        object.__setattr__(exc, name, value)
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """Add ``note`` to ``exc`` once, whatever ``exc.__notes__`` holds.
+
+    ``BaseException.add_note`` refuses a ``__notes__`` that is not a list
+    (a tuple, say) and goes through the class's ``__setattr__`` (refused by a
+    frozen dataclass): the notes are then rebuilt as a list, keeping the old
+    ones. A note that cannot be added at all is dropped: it is a courtesy,
+    and the outcome says which input failed anyway.
+    """
+    try:
+        notes = getattr(exc, "__notes__", None)
+        if notes is None:
+            set_dunder(exc, "__notes__", [note])
+        elif type(notes) is list:
+            if not any(type(n) is str and n == note for n in notes):
+                notes.append(note)
+        else:
+            old = list(notes) if isinstance(notes, list | tuple) else [notes]
+            if not any(type(n) is str and n == note for n in old):
+                set_dunder(exc, "__notes__", [*old, note])
+    except Exception:
+        pass
 
 
 def mark_index(exc: BaseException, index: int) -> BaseException:
     """Record on ``exc`` which input it came from (once)."""
-    note = f"parmap: raised for input index {index}"
-    notes = getattr(exc, "__notes__", ())
-    if note not in notes:
-        exc.add_note(note)
+    add_note(exc, f"parmap: raised for input index {index}")
     return exc
 
 

@@ -49,7 +49,7 @@ from pickle import PicklingError
 from typing import Any
 
 from ._options import MapConfig
-from ._results import TaskTimeoutError, WorkerCrashedError, mark_index
+from ._results import TaskTimeoutError, WorkerCrashedError, add_note, mark_index
 from ._wire import Encoded
 
 #: Aim for chunks that keep a worker busy this long: long enough to make the
@@ -67,6 +67,14 @@ MAX_WINDOW_ITEMS = 65_536
 MAX_STARTUP_FAILURES = 3
 #: How many maps' functions a worker keeps (the scheduler mirrors its cache).
 FUNCTION_CACHE = 64
+#: How many functions' item times a pool remembers (for a later map's first
+#: chunk size); beyond that the oldest is forgotten.
+ITEM_TIMES_KEPT = 256
+#: Exception types too broad to say "retry timeouts" or "retry crashes":
+#: ``TaskTimeoutError`` is an ``OSError`` and ``WorkerCrashedError`` a
+#: ``RuntimeError``, but ``retry_on=(OSError,)`` means the I/O errors a task
+#: raises, not an item that hung (see ``Scheduler._should_retry``).
+GENERIC_ERRORS: tuple[type[BaseException], ...] = (BaseException, Exception, OSError, RuntimeError)
 #: A worker may be sent its next chunk while it runs the current one (so it
 #: never waits for the parent between chunks) when the map has no timeout
 #: (a queued chunk would wait behind an item that hangs until its deadline)
@@ -375,11 +383,10 @@ class Scheduler:
             return False
         if task_raised:
             return isinstance(error, config.retry_on)
-        # Timeouts and crashes are retried only when retry_on names them (or a
-        # parent of them more specific than Exception), as documented.
-        return any(
-            isinstance(error, t) and t not in (Exception, BaseException) for t in config.retry_on
-        )
+        # A failure parmap reports itself (a timeout, a crash) is retried only
+        # when retry_on names its class or a base of it that is no catch-all:
+        # TaskTimeoutError or TimeoutError; WorkerCrashedError.
+        return any(isinstance(error, t) and t not in GENERIC_ERRORS for t in config.retry_on)
 
     def _fail(
         self,
@@ -477,7 +484,12 @@ class Scheduler:
     # ---------------------------------------------------------------- dispatch
     def _chunksize(self, job: Job, *, cap_by_total: bool = True) -> int:
         if job.config.chunksize is not None:
-            return job.config.chunksize
+            if job.config.buffer is not None:
+                return job.config.chunksize
+            # Without ``buffer`` the read-ahead window (two chunks per worker)
+            # stays within MAX_WINDOW_ITEMS also for an explicit chunksize:
+            # a larger one is cut down, never the window let grow with it.
+            return max(1, min(job.config.chunksize, MAX_WINDOW_ITEMS // (2 * self.workers)))
         if job.config.timeout is not None and not self._item_beacon:
             return 1
         if job.item_time is None:
@@ -619,7 +631,7 @@ class Scheduler:
 
     def on_init_failed(self, wid: int, error: BaseException) -> None:
         """A worker's initializer raised: the pool cannot run anything."""
-        error.add_note("parmap: raised by the worker initializer; the pool is unusable")
+        add_note(error, "parmap: raised by the worker initializer; the pool is unusable")
         self._break(error)
 
     def on_spawn_failed(self, wid: int, error: BaseException) -> None:
@@ -677,7 +689,10 @@ class Scheduler:
             job.item_time = (
                 estimate if job.item_time is None else 0.5 * job.item_time + 0.5 * estimate
             )
-            self._item_times[job.fn_key] = job.item_time
+            times = self._item_times
+            if job.fn_key not in times and len(times) >= ITEM_TIMES_KEPT:
+                del times[next(iter(times))]
+            times[job.fn_key] = job.item_time
             base = chunk.start + first
             if not errors:
                 job._emit(base, values, None)

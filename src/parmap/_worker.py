@@ -27,6 +27,7 @@ blame read.
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import io
 import math
 import os
@@ -67,19 +68,30 @@ def ignore_signals() -> None:
 
 
 def encode_error(exc: BaseException) -> ErrorPayload:
-    """Make any exception safe to send: pickled if it round-trips, plus text."""
+    """Make any exception safe to send: pickled if it round-trips, plus text.
+
+    Never raises, whatever the exception does: its ``__str__`` may raise
+    (even ``KeyboardInterrupt``), its class may refuse attribute writes (a
+    frozen dataclass). An outcome that cannot be described would cost the
+    worker its life and the item a ``WorkerCrashedError`` it did not earn.
+    """
     cls = type(exc)
-    name = (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
+    module = getattr(cls, "__module__", None)
+    qualname = getattr(cls, "__qualname__", cls.__name__)
+    name = qualname if module in ("builtins", None) else f"{module}.{qualname}"
     try:
         message = str(exc)
-    except Exception:
+    except BaseException:
         message = "<str() of the exception failed>"
     try:
         tb_text = "".join(traceback.format_exception(exc))
-    except Exception:
-        tb_text = f"{name}: {message}\n"
+    except BaseException:
+        # Formatting calls str() again (and that of every chained error).
+        try:
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            tb_text = f"Traceback (most recent call last):\n{frames}{name}: {message}\n"
+        except BaseException:
+            tb_text = f"{name}: {message}\n"
     data: bytes | None = None
     # Only ordinary exceptions travel as themselves: SystemExit or
     # KeyboardInterrupt re-raised in the parent would stop the parent.
@@ -87,21 +99,61 @@ def encode_error(exc: BaseException) -> ErrorPayload:
         # The text above has the traceback; frames must not travel (a helper
         # such as tblib would otherwise pickle them and pin parent frames).
         _drop_tracebacks(exc)
-        try:
-            data = pickle.dumps(exc, PROTOCOL)
-            pickle.loads(data)
-        except BaseException:
-            data = None
+        data = _round_trip(exc)
     return (data, name, message, tb_text)
 
 
+def _round_trip(exc: BaseException) -> bytes | None:
+    """The pickle of ``exc`` if it unpickles, else None (never raises).
+
+    A reducer that a library registered for every exception class (tblib's,
+    which dask installs) rebuilds an exception by setting its attributes, and
+    that fails for a frozen dataclass; the class's own ``__reduce__`` is then
+    tried without such reducers.
+    """
+    try:
+        data = pickle.dumps(exc, PROTOCOL)
+        pickle.loads(data)
+    except BaseException:
+        pass
+    else:
+        return data
+    try:
+        buffer = io.BytesIO()
+        pickler = pickle.Pickler(buffer, PROTOCOL)
+        pickler.dispatch_table = {
+            cls: reducer
+            for cls, reducer in copyreg.dispatch_table.items()
+            if not (isinstance(cls, type) and issubclass(cls, BaseException))
+        }
+        pickler.dump(exc)
+        data = buffer.getvalue()
+        pickle.loads(data)
+    except BaseException:
+        return None
+    return data
+
+
 def _drop_tracebacks(exc: BaseException) -> None:
+    """Clear the tracebacks of ``exc``, of its causes and contexts, and of a group's members.
+
+    Through ``object.__setattr__``, as the interpreter itself sets them: a
+    frozen dataclass exception refuses ``exc.__traceback__ = None``.
+    """
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
         seen.add(id(current))
-        current.__traceback__ = None
-        current = current.__cause__ or current.__context__
+        with contextlib.suppress(Exception):
+            object.__setattr__(current, "__traceback__", None)
+        for linked in (current.__cause__, current.__context__):
+            if isinstance(linked, BaseException):
+                todo.append(linked)
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(e for e in current.exceptions if isinstance(e, BaseException))
 
 
 class _NotPlain(Exception):
@@ -560,14 +612,17 @@ def _without_frames(exc: BaseException) -> BaseException:
     Their frames are chained to the frames that unpickled them, which pin
     whatever those held (a dask future, and so its task on the cluster) for
     as long as the error is kept. The remote traceback stays, as text, in
-    ``__cause__``.
+    ``__cause__``. Set through ``object.__setattr__``: a frozen dataclass
+    exception refuses ``exc.__traceback__ = None``.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        current.__traceback__ = None
-        current = current.__context__
+        with contextlib.suppress(Exception):
+            object.__setattr__(current, "__traceback__", None)
+        context = current.__context__
+        current = context if isinstance(context, BaseException) else None
     return exc
 
 

@@ -41,8 +41,6 @@ Event = tuple[Any, ...]
 #: a job's first chunk to each worker, else None), star, the items' arguments.
 Message = tuple[int, Any, bool, list[Any]]
 Post = Callable[[Event], None]
-#: Past this many remembered functions, those of finished maps are dropped.
-FUNCTION_CACHE = 64
 
 
 def local_error(exc: BaseException) -> BaseException:
@@ -151,10 +149,12 @@ def forget_finished(cache: dict[int, Any], sched: Scheduler) -> None:
 
     A running map's function must never be dropped (with more maps at once
     than any fixed bound, the oldest would lose it), and the scheduler's job
-    list is the only sure sign that a map is over; it is looked at only once
-    the cache has grown.
+    list is the only sure sign that a map is over. A map has at most one
+    entry, so a cache larger than the job list holds one that is over: it
+    goes at once, since a function may hold much (a partial binding a large
+    array) and a pool may live long.
     """
-    if len(cache) > FUNCTION_CACHE:
+    if len(cache) > len(sched.jobs):
         live = {job.id for job in sched.jobs}
         for job_id in [j for j in cache if j not in live]:
             del cache[job_id]
