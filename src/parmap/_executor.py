@@ -49,6 +49,7 @@ from typing import Any, Literal, ParamSpec, Self, TypeVar
 from ._engine import Engine
 from ._options import MapConfig, PoolConfig, StartMethod
 from ._pickling import dump_function
+from ._results import TaskTimeoutError, WorkerCrashedError
 from ._scheduler import Job, Segment
 
 P = ParamSpec("P")
@@ -184,6 +185,9 @@ class _Batch:
             future = tasks[index].future
             error = errors.get(index) if errors else None
             if error is not None:
+                if isinstance(error, TaskTimeoutError | WorkerCrashedError) and error.args:
+                    # "item 0" names the job's input; say "the task" instead.
+                    error.args = (str(error.args[0]).replace(f"item {index}", "the task", 1),)
                 notes = getattr(error, "__notes__", None)
                 if notes is not None and f"parmap: raised for input index {index}" in notes:
                     # The job's input index means nothing to the caller.
