@@ -379,6 +379,14 @@ def test_map_with_buffersize_reads_input_lazily() -> None:
         results.close()
 
 
+def test_other_backends_serve_the_same_contract() -> None:
+    lock = threading.Lock()  # unpicklable: threads run the object itself
+    with Executor(workers=2, backend="thread") as ex:
+        assert ex.submit(lock.locked).result() is False
+        assert list(ex.map(jobs.square, range(6), chunksize=2)) == [0, 1, 4, 9, 16, 25]
+        assert isinstance(ex.submit(jobs.raise_value_error, 1).exception(), ValueError)
+
+
 # ------------------------------------------------------------------ shutdown
 
 
