@@ -533,14 +533,15 @@ def _soak(rounds: int, per_round: int) -> None:
             del futures, done
             gc.collect()
             samples.append((me.num_fds(), me.memory_info().rss))
+    # The first two rounds size the allocator's arenas; after them nothing may grow.
     fds = [s[0] for s in samples]
     rss = [s[1] for s in samples]
     assert max(fds[1:]) <= fds[0], f"descriptors grew: {fds}"
-    assert rss[-1] - rss[0] < 20 * 2**20, f"memory grew: {[r >> 20 for r in rss]} MB"
+    assert max(rss[2:]) - rss[1] < 20 * 2**20, f"memory grew: {[r >> 20 for r in rss]} MB"
 
 
 def test_soak_ten_thousand_futures_keeps_descriptors_and_memory_flat() -> None:
-    _soak(rounds=4, per_round=10_000)
+    _soak(rounds=5, per_round=10_000)
 
 
 @pytest.mark.slow
