@@ -15,7 +15,8 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
 
 import parmap
 
@@ -44,15 +45,55 @@ def task(index: int) -> str:
     return f"{_greeting} from task {index}, SIGINT ignored: {ignored}"
 
 
-def with_stdlib() -> None:
-    print("stdlib: ProcessPoolExecutor(initializer=ignore_signals_and_setup)")
-    with ProcessPoolExecutor(
-        max_workers=3, initializer=ignore_signals_and_setup, initargs=("hello",)
-    ) as executor:
-        futures = [executor.submit(task, i) for i in range(10)]
+def risky(index: int) -> int:
+    """Task 0 hangs, task 1 kills its own worker process, the others return their index."""
+    if index == 0:
+        time.sleep(3600)
+    if index == 1:
+        os._exit(1)
+    return index
+
+
+def run_tasks(executor: Executor, fn: Callable[[int], object] = task, count: int = 10) -> None:
+    """The stdlib pattern, for any executor."""
+    with executor:
+        futures = [executor.submit(fn, i) for i in range(count)]
     for index, future in enumerate(futures):
         error = future.exception()
         print(f"  task {index}: {error!r}" if error is not None else f"  {future.result()}")
+
+
+def with_stdlib() -> None:
+    print("stdlib: ProcessPoolExecutor(initializer=ignore_signals_and_setup)")
+    run_tasks(
+        ProcessPoolExecutor(
+            max_workers=3, initializer=ignore_signals_and_setup, initargs=("hello",)
+        )
+    )
+
+
+def with_parmap_executor() -> None:
+    print("parmap.Executor(initializer=ignore_signals_and_setup): only the executor changed")
+    run_tasks(
+        parmap.Executor(max_workers=3, initializer=ignore_signals_and_setup, initargs=("hello",))
+    )
+
+    print("parmap.Executor: a hung task and a dying worker fail only their own futures")
+    run_tasks(parmap.Executor(max_workers=3, timeout=1), risky, 4)
+
+    print("parmap.Executor: Ctrl-C inside the with block (simulated with SIGINT)")
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    try:
+        with parmap.Executor(max_workers=3) as executor:
+            for future in [executor.submit(time.sleep, 5.0) for _ in range(6)]:
+                future.result()
+    except KeyboardInterrupt:
+        elapsed = time.monotonic() - started
+        print(f"  KeyboardInterrupt after {elapsed:.1f} s; the running tasks were stopped")
+    finally:
+        timer.cancel()
 
 
 def with_parmap() -> None:
@@ -80,3 +121,4 @@ def with_parmap() -> None:
 if __name__ == "__main__":
     with_stdlib()
     with_parmap()
+    with_parmap_executor()

@@ -556,3 +556,22 @@ def attempt_then(x: int, how: str, marker_dir: str) -> int:
             time.sleep(3600)
         os._exit(7)
     return x
+# --- parmap.Executor (tests/test_executor.py) ---------------------------------
+
+
+def executor_marked(marker_dir: str, index: int, seconds: float = 0.0, code: int = -1) -> int:
+    """Write this worker's pid to ``marker_dir/<index>.pid``; sleep; ``os._exit(code)`` if set."""
+    _write_atomically(os.path.join(marker_dir, f"{index}.pid"), str(os.getpid()))
+    time.sleep(seconds)
+    if code >= 0:
+        os._exit(code)
+    return index
+
+
+def executor_kwargs(text: str, *, sep: str = " ", upper: bool = False) -> list[str]:
+    words = text.split(sep)
+    return [w.upper() for w in words] if upper else words
+
+
+def executor_hang_in_initializer() -> None:
+    time.sleep(3600)

@@ -20,6 +20,10 @@ EXPECTED: dict[str, list[str]] = {
         "parmap: imap",
         "task 0: failed with RuntimeError('task 0 failed')",
         "task 4: 4",
+        "parmap.Executor: the same loop",
+        "risky 0: TaskTimeoutError",
+        "risky 1: WorkerCrashedError",
+        "risky 4: 4",
     ],
     "done_callbacks.py": [
         "stdlib: Future.add_done_callback",
@@ -28,6 +32,10 @@ EXPECTED: dict[str, list[str]] = {
         "task 3: RuntimeError('task 3 failed')",
         "values: [None, 1, 2, None, 4, 5, None, 7, 8, None]",
         "errors: [0, 3, 6, 9]",
+        "parmap.Executor: the same callbacks",
+        "done 5/5",
+        "task 0: TaskTimeoutError('the task did not finish within 1 s; its worker was killed')",
+        "task 1: WorkerCrashedError('the worker running the task died (exit code 1)')",
     ],
     "asyncio_run_in_executor.py": [
         "stdlib: loop.run_in_executor + asyncio.gather",
@@ -36,11 +44,19 @@ EXPECTED: dict[str, list[str]] = {
         "task 8: 8",
         "the event loop ticked",
         "parmap: async for over aimap",
+        "parmap.Executor: the same run_in_executor",
+        "task 0: TaskTimeoutError(",
+        "task 1: WorkerCrashedError(",
+        "wait_for timed out; the hung task's worker was killed",
     ],
     "ignore_signals_initializer.py": [
         "hello from task 1, SIGINT ignored: True",
         "parmap: pmap(initializer=setup)",
         "KeyboardInterrupt after",
+        "parmap.Executor(initializer=ignore_signals_and_setup)",
+        "task 0: TaskTimeoutError(",
+        "task 1: WorkerCrashedError(",
+        "the running tasks were stopped",
     ],
 }
 

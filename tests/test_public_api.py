@@ -15,6 +15,7 @@ DOCUMENTED = {
     "imap",
     "aimap",
     "Pool",
+    "Executor",
     "MapResult",
     "Outcome",
     "TaskTimeoutError",

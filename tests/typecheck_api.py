@@ -6,10 +6,11 @@ what fails when a signature drifts.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Iterator
+from concurrent.futures import Future
 from typing import assert_type
 
-from parmap import MapResult, Outcome, Pool, imap, parallel, pmap
+from parmap import Executor, MapResult, Outcome, Pool, imap, parallel, pmap
 from parmap._api import ParallelFunction
 
 
@@ -47,3 +48,7 @@ def check_types() -> None:
     assert_type(res.values, list[int | None])
     assert_type(res.errors, dict[int, BaseException])
     assert_type(res.unwrap(), list[int])
+    with Executor(max_workers=1, timeout=2.0) as ex:
+        assert_type(ex.submit(_length, "a"), Future[int])
+        assert_type(ex.map(_length, ["a"], chunksize=2, buffersize=4), Iterator[int])
+        ex.submit(_length, 3)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from ._api import apmap as apmap
 from ._api import imap as imap
 from ._api import parallel as parallel
 from ._api import pmap as pmap
+from ._executor import Executor as Executor
 from ._results import MapResult as MapResult
 from ._results import Outcome as Outcome
 from ._results import RemoteError as RemoteError
@@ -19,6 +20,7 @@ from ._results import WorkerCrashedError as WorkerCrashedError
 __version__ = "1.0.0"
 
 __all__ = (
+    "Executor",
     "MapResult",
     "Outcome",
     "Pool",

@@ -258,6 +258,11 @@ class Engine:
             sched.on_time(now)
         self.execute()
 
+    def wake(self) -> None:
+        """Make a ``pump`` waiting in another thread return soon (it has new work)."""
+        with suppress(OSError):
+            os.write(self._wake_fds()[1], b"x")
+
     @staticmethod
     def _drain_wakeups(fd: int) -> None:
         with suppress(OSError):
