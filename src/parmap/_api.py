@@ -25,7 +25,7 @@ from typing_extensions import Unpack
 from ._driver import aiterate, collect, iterate, outcomes
 from ._engine import Engine
 from ._options import Defaults, MapConfig, MapOptions, Options
-from ._pickling import dump_function
+from ._pickling import dump_function, main_has_no_file
 from ._progress import Progress
 from ._results import MapResult, Outcome
 from ._scheduler import Job
@@ -318,10 +318,16 @@ class ParallelFunction(Generic[P, T]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> T:
         return self.__parmap_inline__(*args, **kwargs)
 
-    def __reduce__(self) -> str:
+    def __reduce__(self) -> str | tuple[Any, ...]:
         # Pickle by reference to this wrapper (the module attribute); the
         # worker unwraps it and runs the original function.
         name: str = self.__dict__["__qualname__"]
+        if self.__module__ == "__main__" and main_has_no_file():
+            # A notebook's or `python -c`'s __main__ cannot be imported by a
+            # spawned worker: travel by value instead (cloudpickle sends a
+            # __main__ function by value). Only the function goes: the copy
+            # has default options, which a worker does not read.
+            return (_rebuild_parallel, (self.__parmap_inline__,))
         return name
 
     def __repr__(self) -> str:
@@ -391,6 +397,11 @@ class ParallelFunction(Generic[P, T]):
             pool, self._own_pool = self._own_pool, None
         if pool is not None:
             pool.close()
+
+
+def _rebuild_parallel(fn: Callable[P, T]) -> ParallelFunction[P, T]:
+    """Unpickle a ``@parallel`` function that travelled by value."""
+    return ParallelFunction(fn, Defaults())
 
 
 def _map_only(options: Options) -> MapOptions:
