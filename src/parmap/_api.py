@@ -24,6 +24,7 @@ from typing_extensions import Unpack
 
 from ._driver import aiterate, collect, iterate, outcomes
 from ._engine import Engine
+from ._notebook import watch_kernel_shutdown
 from ._options import Defaults, MapConfig, MapOptions, Options
 from ._pickling import dump_function, main_has_no_file
 from ._progress import Progress
@@ -211,6 +212,7 @@ class Pool:
             engine = self._engine
             if engine is None or engine.pid != os.getpid() or engine.closed:
                 engine = self._engine = Engine(self._defaults.pool, preload=self._preload)
+                watch_kernel_shutdown()  # a notebook's kernel stops the workers first
             return engine
 
     def _call(
