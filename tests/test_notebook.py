@@ -6,7 +6,9 @@ the kernel's ``__main__`` is the notebook's namespace, which has no file.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
-from .kernels import CellError, Kernel, kernel
-from .procs import running, wait_ended
+from .kernels import CellError, kernel
+from .procs import processes, running, wait_ended
 
 pytestmark = pytest.mark.slow
 
@@ -317,4 +319,78 @@ def test_closing_from_the_shutdown_hook_while_a_map_runs(tmp_path: Path) -> None
         assert wait_ended(workers, 5) == []
 
 
-__all__ = ["Kernel"]
+# --- the shutdown hook itself, in this process (no kernel) ---------------------
+
+
+def _pids_when_started(directory: Path, count: int) -> set[int]:
+    deadline = time.monotonic() + 60
+    while len(list(directory.glob("*.pid"))) < count:
+        assert time.monotonic() < deadline, "the items never started"
+        time.sleep(0.02)
+    time.sleep(0.05)  # the files are written whole (see jobs), but give the pids a moment
+    return {int(p.read_text()) for p in directory.glob("*.pid")}
+
+
+def test_the_hook_stops_a_blocking_map_running_in_another_thread(tmp_path: Path) -> None:
+    from parmap import Pool
+    from parmap._notebook import close_all_pools
+
+    from . import jobs
+
+    pool = Pool(workers=2)
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            pool.pmap(jobs.write_pid_then_hang, [0, 1], [0, 1], [str(tmp_path)] * 2)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        pids = _pids_when_started(tmp_path, 2)
+        close_all_pools()  # as ipykernel's control thread does
+        thread.join(30)
+        assert not thread.is_alive()
+        assert isinstance(outcome[0], RuntimeError), outcome
+        assert wait_ended(processes(pids), 5) == []
+        # The pool starts new workers for the next map.
+        assert pool.pmap(jobs.square, [3]).values == [9]
+    finally:
+        pool.close()
+        thread.join(30)
+
+
+def test_the_hook_stops_an_async_map_on_a_loop_in_another_thread(tmp_path: Path) -> None:
+    from parmap import Pool
+    from parmap._notebook import close_all_pools
+
+    from . import jobs
+
+    pool = Pool(workers=2)
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        async def go() -> None:
+            await pool.apmap(jobs.async_marked_sleep, [str(tmp_path)] * 2, [0, 1], [3600] * 2)
+
+        try:
+            asyncio.run(go())
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        pids = _pids_when_started(tmp_path, 2)
+        close_all_pools()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert isinstance(outcome[0], RuntimeError), outcome
+        assert wait_ended(processes(pids), 5) == []
+    finally:
+        pool.close()
+        thread.join(30)
