@@ -450,6 +450,13 @@ def test_a_closed_stdout_is_a_usage_error(command: str) -> None:
     assert_usage_error(proc, "standard output is closed")
 
 
+def test_a_full_stdout_is_one_line_not_a_traceback() -> None:
+    proc = run_command(
+        ["sh", "-c", 'exec "$0" run cli_tasks:upper >/dev/full', str(SCRIPT)], stdin="a\nb\n"
+    )
+    assert_usage_error(proc, "cannot write the results", "No space left on device")
+
+
 @pytest.mark.parametrize("code", ["0", "None", "'bye'", "3"])
 def test_a_module_that_exits_on_import_is_a_usage_error(code: str, tmp_path: Path) -> None:
     (tmp_path / "script.py").write_text(

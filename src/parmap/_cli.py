@@ -398,9 +398,14 @@ def _run_to(args: argparse.Namespace, out_stream: IO[str]) -> int:
         # A line that cannot be decoded ends the input (see _Lines): the items
         # before it still run, and are all written, in order, before the error.
         for out in outcomes:
-            out_stream.write(_outcome_line(out) + "\n")
-            # Flush per line: whoever reads the pipe sees results as they come.
-            out_stream.flush()
+            try:
+                out_stream.write(_outcome_line(out) + "\n")
+                # Flush per line: whoever reads the pipe sees results as they come.
+                out_stream.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as exc:  # a full disk, /dev/full
+                raise UsageError(f"cannot write the results: {exc.strerror or exc}") from None
             if not out.ok:
                 failed += 1
                 if stop_at_failure:
