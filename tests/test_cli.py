@@ -450,6 +450,14 @@ def test_a_closed_stdout_is_a_usage_error(command: str) -> None:
     assert_usage_error(proc, "standard output is closed")
 
 
+def test_with_stderr_closed_what_the_function_prints_is_dropped() -> None:
+    proc = run_command(
+        ["sh", "-c", 'exec "$0" run cli_tasks:chatty 2>&-', str(SCRIPT)], stdin="a\nb\n"
+    )
+    assert proc.returncode == 0
+    assert records(proc.stdout) == [{"index": 0, "value": "a"}, {"index": 1, "value": "b"}]
+
+
 def test_a_full_stdout_is_one_line_not_a_traceback() -> None:
     proc = run_command(
         ["sh", "-c", 'exec "$0" run cli_tasks:upper >/dev/full', str(SCRIPT)], stdin="a\nb\n"

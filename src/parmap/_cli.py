@@ -339,7 +339,13 @@ def _records_output() -> Iterator[IO[str]]:
     stdout.flush()
     records_fd = os.dup(fd)  # not inheritable: spawned workers never get it
     records = open(records_fd, "w", encoding="utf-8")  # noqa: SIM115
-    os.dup2(sys.stderr.fileno(), fd)
+    try:
+        os.dup2(sys.stderr.fileno(), fd)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        # No usable stderr either: what the function prints is dropped.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
     try:
         yield records
         records.flush()
