@@ -169,7 +169,7 @@ _HANG = (
 
 # Not during a top-level ``await``: ipykernel does not deliver an interrupt to
 # an awaiting cell at all (ipython/ipykernel#881), whatever the cell awaits.
-@pytest.mark.parametrize("how", ["pmap", "parallel"])
+@pytest.mark.parametrize("how", ["pmap", "pmap-spawn", "parallel"])
 def test_an_interrupt_raises_keyboard_interrupt_and_the_next_cell_works(
     how: str, tmp_path: Path
 ) -> None:
@@ -177,6 +177,7 @@ def test_an_interrupt_raises_keyboard_interrupt_and_the_next_cell_works(
         k.run(_HANG + "@parallel(workers=2)\ndef phang(path):\n    return hang(path)\n")
         call = {
             "pmap": "pmap(hang, [MARK, MARK], workers=2)",
+            "pmap-spawn": "pmap(hang, [MARK, MARK], workers=2, start_method='spawn')",
             "parallel": "phang.pmap([MARK, MARK])",
         }[how].replace("MARK", repr(str(tmp_path / "started")))
         msg_id = k.submit(
