@@ -76,6 +76,13 @@ def fail_once(path: str) -> str:
     raise RuntimeError("first try")
 
 
+def chatty(line: str) -> str:
+    """Print on the way, through sys.stdout and straight to descriptor 1."""
+    print(f"print: {line}", flush=True)
+    os.write(1, f"fd1: {line}\n".encode())
+    return line
+
+
 def crash(line: str) -> str:
     """Kill the worker abruptly on the line ``crash``."""
     if line == "crash":

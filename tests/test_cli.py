@@ -77,10 +77,22 @@ def run_command(
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
+#: The console script that `pip install` puts next to the interpreter.
+SCRIPT = Path(sys.executable).with_name("parmap")
+
+
 def run_cli(
     *args: str, stdin: str = "", cwd: Path | None = None, python_flags: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     return run_command([sys.executable, *python_flags, "-m", "parmap", *args], stdin, cwd)
+
+
+def run_script(
+    *args: str, stdin: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``parmap`` console script, as a shell user does."""
+    assert SCRIPT.exists(), f"no console script at {SCRIPT}"
+    return run_command([str(SCRIPT), *args], stdin, cwd)
 
 
 def records(stdout: str) -> list[dict[str, Any]]:
@@ -367,8 +379,99 @@ def test_a_bad_json_line_is_a_usage_error() -> None:
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("parmap: error: <stdin>, line 2: invalid JSON")
     assert "Traceback" not in proc.stderr
-    # Lines before the bad one may have been written already; none after it.
-    assert all(r["index"] < 1 for r in records(proc.stdout))
+    # The line before the bad one is written; none after it.
+    assert records(proc.stdout) == [{"index": 0, "value": 3}]
+
+
+@pytest.mark.parametrize("unordered", [False, True])
+def test_a_bad_json_line_after_many_good_ones_keeps_every_outcome_before_it(
+    unordered: bool,
+) -> None:
+    good = "".join(json.dumps({"a": i, "b": i}) + "\n" for i in range(200))
+    stdin = good + "{oops\n" + "[1, 1]\n" * 20
+    flags = ["--unordered"] if unordered else []
+    proc = run_script("run", "cli_tasks:add", "--json", "--workers", "2", *flags, stdin=stdin)
+    assert proc.returncode == 2, proc.stderr
+    out = records(proc.stdout)
+    if unordered:
+        out.sort(key=lambda r: r["index"])
+    assert out == [{"index": i, "value": 2 * i} for i in range(200)]
+    assert proc.stderr.splitlines() == [
+        "parmap: error: <stdin>, line 201: invalid JSON: "
+        "Expecting property name enclosed in double quotes (column 2)"
+    ]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_function_that_prints_does_not_corrupt_the_records(method: str, tmp_path: Path) -> None:
+    # The module prints on import too, in the parent and in spawned workers.
+    (tmp_path / "noisy.py").write_text(
+        "from cli_tasks import chatty\nprint('noisy imported')\n", encoding="utf-8"
+    )
+    lines = [f"line {i}" for i in range(50)]
+    proc = run_script(
+        "run", "noisy:chatty", "--workers", "2", "--start-method", method,
+        stdin="".join(f"{line}\n" for line in lines), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    # Every line of stdout is a record, and there is one per input.
+    assert records(proc.stdout) == [{"index": i, "value": line} for i, line in enumerate(lines)]
+    for line in lines:
+        assert f"print: {line}\n" in proc.stderr
+        assert f"fd1: {line}\n" in proc.stderr
+    assert "noisy imported" in proc.stderr
+
+
+def test_records_still_reach_a_pipe_that_is_read_as_they_come(tmp_path: Path) -> None:
+    # The records' own descriptor is flushed per line, like stdout was.
+    gate = tmp_path / "gate"
+    command = [sys.executable, "-m", "parmap", "run", "cli_tasks:wait_for", "--workers", "1"]
+    with _start(command) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            proc.stdin.write(f"first\nwait:{gate}\n")
+            proc.stdin.close()
+            first = json.loads(proc.stdout.readline())
+            gate.touch()
+            assert proc.wait(timeout=TIMEOUT) == 0
+        finally:
+            gate.touch()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert_no_processes_left(proc.pid)
+    assert first == {"index": 0, "value": "first"}
+
+
+@pytest.mark.parametrize("command", ["run cli_tasks:upper", "demo"])
+def test_a_closed_stdout_is_a_usage_error(command: str) -> None:
+    # `>&-` closes descriptor 1 for the command, as a careless shell script may.
+    proc = run_command(["sh", "-c", f'exec "$0" {command} >&-', str(SCRIPT)], stdin="a\n")
+    assert_usage_error(proc, "standard output is closed")
+
+
+def test_with_stderr_closed_what_the_function_prints_is_dropped() -> None:
+    proc = run_command(
+        ["sh", "-c", 'exec "$0" run cli_tasks:chatty 2>&-', str(SCRIPT)], stdin="a\nb\n"
+    )
+    assert proc.returncode == 0
+    assert records(proc.stdout) == [{"index": 0, "value": "a"}, {"index": 1, "value": "b"}]
+
+
+def test_a_full_stdout_is_one_line_not_a_traceback() -> None:
+    proc = run_command(
+        ["sh", "-c", 'exec "$0" run cli_tasks:upper >/dev/full', str(SCRIPT)], stdin="a\nb\n"
+    )
+    assert_usage_error(proc, "cannot write the results", "No space left on device")
+
+
+@pytest.mark.parametrize("code", ["0", "None", "'bye'", "3"])
+def test_a_module_that_exits_on_import_is_a_usage_error(code: str, tmp_path: Path) -> None:
+    (tmp_path / "script.py").write_text(
+        f"import sys\n\ndef f(x):\n    return x\n\nsys.exit({code})\n", encoding="utf-8"
+    )
+    proc = run_script("run", "script:f", stdin="a\n", cwd=tmp_path)
+    assert_usage_error(proc, "'script'", "sys.exit(")
 
 
 def test_undecodable_input_is_a_usage_error(tmp_path: Path) -> None:
@@ -417,9 +520,7 @@ def test_help_exits_0() -> None:
 
 def test_console_script() -> None:
     # `pip install` puts the console script next to the interpreter.
-    script = Path(sys.executable).with_name("parmap")
-    assert script.exists(), f"no console script at {script}"
-    proc = run_command([str(script), "run", "cli_tasks:upper"], stdin="q\n")
+    proc = run_script("run", "cli_tasks:upper", stdin="q\n")
     assert proc.returncode == 0, proc.stderr
     assert records(proc.stdout) == [{"index": 0, "value": "Q"}]
 

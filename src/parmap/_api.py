@@ -27,8 +27,9 @@ from typing_extensions import Unpack
 from ._callables import callable_name, function_key
 from ._driver import aiterate, collect, iterate, outcomes
 from ._engine import Engine
+from ._notebook import watch_kernel_shutdown
 from ._options import Defaults, MapConfig, MapOptions, Options
-from ._pickling import dump_function
+from ._pickling import dump_function, main_has_no_file
 from ._progress import Progress
 from ._results import MapResult, Outcome
 from ._scheduler import Job
@@ -226,6 +227,7 @@ class Pool:
             engine = self._engine
             if engine is None or engine.pid != os.getpid() or engine.closed:
                 engine = self._engine = Engine(self._defaults.pool, preload=self._preload)
+                watch_kernel_shutdown()  # a notebook's kernel stops the workers first
             return engine
 
     def _call(
@@ -337,6 +339,11 @@ class ParallelFunction(Generic[P, T]):
         # Pickle by reference to this wrapper (the module attribute); the
         # worker unwraps it and runs the original function.
         qualname = self.__dict__.get("__qualname__")
+        if self.__module__ == "__main__" and main_has_no_file():
+            # A notebook's or `python -c`'s __main__ cannot be imported by a
+            # spawned worker: travel by value instead (cloudpickle sends a
+            # __main__ function by value).
+            return (_rebuild_parallel, (self.__parmap_inline__, _portable(self._defaults)))
         if isinstance(qualname, str) and _lookup(self.__dict__.get("__module__"), qualname) is self:
             return qualname
         # A wrapper that no name leads to (of a partial, of a callable

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import io
 import json
 import multiprocessing
 import os
@@ -42,6 +43,10 @@ order unless --unordered:
   {"index": 0, "value": ...}
   {"index": 1, "error": {"type": "ValueError", "message": "..."}}
 Values that JSON cannot encode are written as their str().
+
+A line that cannot be decoded ends the input: every item before it is still
+run and written, in order, then the error is reported (exit status 2).
+Anything the function prints goes to stderr, never between the records.
 
 exit status: 0 every item succeeded, 1 some item failed, 2 usage error.
 """
@@ -190,6 +195,11 @@ def _load_function(target: str) -> Callable[..., Any]:
         if module_name == missing or module_name.startswith(missing + "."):
             raise UsageError(f"cannot import module {module_name!r}: {exc}") from None
         raise UsageError(f"error while importing {module_name!r}: {exc}") from None
+    except SystemExit as exc:  # e.g. a script's own entry point ran on import
+        raise UsageError(
+            f"importing {module_name!r} called sys.exit({exc.code!r}); "
+            "it must define the function without running a program"
+        ) from None
     except Exception as exc:  # the module's own code failed while importing
         raise UsageError(
             f"error while importing {module_name!r}: {type(exc).__name__}: {exc}"
@@ -303,7 +313,64 @@ def _common_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+_STDOUT_CLOSED = "standard output is closed: there is nowhere to write the results"
+
+
+@contextlib.contextmanager
+def _records_output() -> Iterator[IO[str]]:
+    """The stream for the JSON records, with file descriptor 1 pointed at stderr.
+
+    The records get a duplicate of stdout's descriptor of their own, and
+    descriptor 1 becomes stderr until the run ends: whatever the mapped
+    function (or the module it lives in) prints, in the parent or in a worker
+    under any start method, lands on stderr, never between the records.
+    """
+    stdout = sys.stdout
+    if stdout is None:  # Python found descriptor 1 closed at start-up
+        raise UsageError(_STDOUT_CLOSED)
+    try:
+        fd = stdout.fileno()
+        os.fstat(fd)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        if stdout is sys.__stdout__:
+            raise UsageError(_STDOUT_CLOSED) from None
+        yield stdout  # replaced by the caller (main() called in-process): write there
+        return
+    stdout.flush()
+    records_fd = os.dup(fd)  # not inheritable: spawned workers never get it
+    records = open(records_fd, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        os.dup2(sys.stderr.fileno(), fd)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        # No usable stderr either: what the function prints is dropped.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    try:
+        yield records
+        records.flush()
+    except BrokenPipeError:
+        # The reader went away: drop what is buffered rather than fail again
+        # when the stream is closed.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, records_fd)
+        os.close(devnull)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            stdout.flush()
+        # Descriptor 1 is stdout again (main() may be called in-process).
+        os.dup2(records_fd, fd)
+        with contextlib.suppress(OSError):
+            records.close()
+
+
 def _run(args: argparse.Namespace) -> int:
+    with _records_output() as records:
+        return _run_to(args, records)
+
+
+def _run_to(args: argparse.Namespace, out_stream: IO[str]) -> int:
     fn = _load_function(args.target)
     options = _common_options(args)
     for name in ("workers", "timeout", "retries", "chunksize"):
@@ -334,17 +401,21 @@ def _run(args: argparse.Namespace) -> int:
         # closes the iterator, which stops the work still in flight.
         stack.enter_context(contextlib.closing(outcomes))
         failed = 0
-        out_stream = sys.stdout
+        # A line that cannot be decoded ends the input (see _Lines): the items
+        # before it still run, and are all written, in order, before the error.
         for out in outcomes:
-            out_stream.write(_outcome_line(out) + "\n")
-            # Flush per line: whoever reads the pipe sees results as they come.
-            out_stream.flush()
+            try:
+                out_stream.write(_outcome_line(out) + "\n")
+                # Flush per line: whoever reads the pipe sees results as they come.
+                out_stream.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as exc:  # a full disk, /dev/full
+                raise UsageError(f"cannot write the results: {exc.strerror or exc}") from None
             if not out.ok:
                 failed += 1
                 if stop_at_failure:
                     break
-            if lines.error is not None:
-                break
     if lines.error is not None:
         raise UsageError(lines.error)
     return EXIT_FAILED if failed else EXIT_OK
@@ -359,6 +430,8 @@ def _demo_task(index: int) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if sys.stdout is None:
+        raise UsageError(_STDOUT_CLOSED)
     print("parmap demo: ten tasks on three workers; every third raises RuntimeError", flush=True)
     started = time.monotonic()
     result = pmap(_demo_task, range(10), workers=3, on_error="collect", **_common_options(args))
