@@ -30,6 +30,7 @@ class MapOptions(TypedDict, total=False):
     chunksize: int | None
     buffer: int | None
     progress: Any
+    checkpoint: str | os.PathLike[str] | None
 
 
 class PoolOptions(TypedDict, total=False):
@@ -84,6 +85,16 @@ def _check_progress(value: object) -> None:
     )
 
 
+def _check_checkpoint(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str | os.PathLike):
+        path = os.fspath(value)
+        if isinstance(path, str) and path:
+            return path
+    raise TypeError(f"checkpoint must be a path (str or os.PathLike) or None, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class MapConfig:
     """The validated options of one map."""
@@ -95,6 +106,7 @@ class MapConfig:
     chunksize: int | None = None
     buffer: int | None = None
     progress: Any = False
+    checkpoint: str | os.PathLike[str] | None = None  # a str once validated
 
     def __post_init__(self) -> None:
         t = self.timeout
@@ -110,6 +122,7 @@ class MapConfig:
         _int_option("chunksize", self.chunksize, 1, optional=True)
         _int_option("buffer", self.buffer, 1, optional=True)
         _check_progress(self.progress)
+        object.__setattr__(self, "checkpoint", _check_checkpoint(self.checkpoint))
 
 
 @dataclass(frozen=True, slots=True)
