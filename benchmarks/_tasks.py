@@ -81,3 +81,9 @@ def sleep_marked(i: int) -> int:
     _mark(f"started-{i}")
     time.sleep(60)
     return i
+
+
+def nap_1ms(i: int) -> int:
+    """About a millisecond of "work" (a sleep, so that the CPU is left to the parent)."""
+    time.sleep(0.001)
+    return i

@@ -55,8 +55,10 @@ _SCHEMA = (
     " error_pickle BLOB)",
 )
 
-Row = tuple[int, bytes, int, bytes | None, str | None, str | None, str | None, bytes | None]
-"""One record, in the column order of ``outcome``."""
+Success = tuple[int, bytes, bytes]
+"""The record of a success: index, fingerprint, pickled value."""
+Failure = tuple[int, bytes, str, str, str, bytes | None]
+"""The record of a failure: index, fingerprint, error type, message, traceback, pickle."""
 
 
 class CheckpointError(RuntimeError):
@@ -203,14 +205,24 @@ class CheckpointFile:
             raise self._error(exc, "cannot read") from exc
         return {idx: (fp, value) for idx, fp, value in rows}
 
-    def save(self, rows: Sequence[Row]) -> None:
-        """Record ``rows`` (replacing those of the same index) in one transaction."""
-        if not rows:
+    def save(self, successes: Sequence[Success], failures: Sequence[Failure] = ()) -> None:
+        """Record outcomes (replacing those of the same index) in one transaction."""
+        if not successes and not failures:
             return
         conn = self._conn
         try:
             conn.execute("BEGIN")
-            conn.executemany("INSERT OR REPLACE INTO outcome VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            # Only the columns a row uses: binding fewer parameters is most
+            # of what a tiny item's record costs.
+            conn.executemany(
+                "INSERT OR REPLACE INTO outcome (idx, fingerprint, ok, value) VALUES (?, ?, 1, ?)",
+                successes,
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO outcome (idx, fingerprint, ok, error_type, error_message,"
+                " error_traceback, error_pickle) VALUES (?, ?, 0, ?, ?, ?, ?)",
+                failures,
+            )
             conn.execute("COMMIT")
         except BaseException as exc:
             # Also on KeyboardInterrupt between the statements: the rows stay
@@ -221,7 +233,8 @@ class CheckpointFile:
             if isinstance(exc, sqlite3.Error):
                 raise self._error(exc, "cannot write") from exc
             raise
-        self.max_index = max(self.max_index, max(row[0] for row in rows))
+        last = max(successes[-1][0] if successes else -1, failures[-1][0] if failures else -1)
+        self.max_index = max(self.max_index, last)
 
     def close(self) -> None:
         """Release the file (SQLite folds its write-ahead log into it)."""

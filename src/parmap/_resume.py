@@ -26,7 +26,7 @@ import warnings
 from collections import deque
 from typing import Any
 
-from ._checkpoint import CheckpointError, CheckpointFile, Row, describe_function
+from ._checkpoint import CheckpointError, CheckpointFile, Failure, Success, describe_function
 from ._results import _RemoteTraceback
 from ._scheduler import Job, Scheduler, Segment
 
@@ -35,7 +35,7 @@ COMMIT_SECONDS = 0.5
 PROTOCOL = 5
 
 _UNRECORDABLE = b""
-"""Fingerprint marker of an input whose arguments do not pickle."""
+"""Fingerprint marker (falsy) of an input whose arguments do not pickle."""
 _MISSING: Any = object()
 """What ``_stored`` returns for an input that must run."""
 
@@ -68,7 +68,7 @@ def _traceback_text(error: BaseException) -> str:
     return "".join(traceback.format_exception(error))
 
 
-def _error_row(index: int, fp: bytes, error: BaseException) -> Row:
+def _failure(index: int, fp: bytes, error: BaseException) -> Failure:
     type_name = getattr(error, "type_name", None)  # RemoteError names the original type
     if not isinstance(type_name, str):
         type_name = f"{type(error).__module__}.{type(error).__qualname__}"
@@ -80,7 +80,7 @@ def _error_row(index: int, fp: bytes, error: BaseException) -> Row:
         data: bytes | None = pickle.dumps(error, PROTOCOL)
     except Exception:
         data = None
-    return (index, fp, 0, None, type_name, message, _traceback_text(error), data)
+    return (index, fp, type_name, message, _traceback_text(error), data)
 
 
 class Resume:
@@ -99,7 +99,8 @@ class Resume:
         self._fingerprints: dict[int, bytes] = {}
         # Appended to by whichever thread pumps the engine: drained with popleft.
         self._journal: deque[Segment] = deque()
-        self._rows: list[Row] = []
+        self._successes: list[Success] = []
+        self._failures: list[Failure] = []
         self._due: float | None = None
         self._unrecorded: tuple[int, str] | None = None  # first success not recorded
         self._warned = False
@@ -123,9 +124,10 @@ class Resume:
             return
         start, n = job.pulled, len(args)
         fps: list[bytes] = []
+        blake2b, dumps = hashlib.blake2b, pickle.dumps  # as ``fingerprint``, inlined: per item
         for arg in args:
             try:
-                fps.append(fingerprint(arg))
+                fps.append(blake2b(dumps(arg, PROTOCOL), digest_size=16).digest())
             except Exception:
                 fps.append(_UNRECORDABLE)
         recorded = self._file.successes(start, start + n)
@@ -141,8 +143,7 @@ class Resume:
             else:
                 while j < n and (stored is None or stored[j] is _MISSING):
                     j += 1
-                for k in range(i, j):
-                    self._fingerprints[start + k] = fps[k]
+                self._fingerprints.update(zip(range(start + i, start + j), fps[i:j], strict=True))
                 sched.feed(job, args[i:j], now)
             i = j
 
@@ -154,7 +155,7 @@ class Resume:
     # --------------------------------------------------------------- output
     def tick(self, now: float) -> None:
         """Commit what is due; arrange to be called again when more will be."""
-        if self._journal or self._rows:
+        if self._journal or self._successes or self._failures:
             if self._due is None:
                 self._due = now + COMMIT_SECONDS
             if now >= self._due:
@@ -171,7 +172,7 @@ class Resume:
 
     def before_yield(self) -> None:
         """Outcomes go to the consumer: for a stream, commit what is journaled."""
-        if self.eager and (self._journal or self._rows):
+        if self.eager and (self._journal or self._successes or self._failures):
             self.commit()
 
     def commit(self) -> None:
@@ -179,8 +180,9 @@ class Resume:
         if self._file is None:
             return
         self._take_journal()
-        self._file.save(self._rows)
-        self._rows.clear()
+        self._file.save(self._successes, self._failures)
+        self._successes.clear()
+        self._failures.clear()
         self._due = None
         if self._job is not None:
             self._job.alarm = None
@@ -195,31 +197,29 @@ class Resume:
             )
 
     def _take_journal(self) -> None:
-        rows = self._rows
-        fingerprints = self._fingerprints
+        successes, failures = self._successes, self._failures
+        pop = self._fingerprints.pop
+        dumps = pickle.dumps
         journal = self._journal
         while journal:
             start, values, errors = journal.popleft()
             for index, value in enumerate(values, start):
-                fp = fingerprints.pop(index, None)
+                fp = pop(index, None)
                 if fp is None:
-                    continue  # resumed (already recorded)
+                    continue  # resumed: recorded already
                 error = errors.get(index) if errors else None
                 if error is not None:
-                    if fp != _UNRECORDABLE:
-                        rows.append(_error_row(index, fp, error))
-                    continue
-                if fp == _UNRECORDABLE:
+                    if fp:  # failures run again anyway: no need to warn
+                        failures.append(_failure(index, fp, error))
+                elif not fp:
                     self._not_recorded(index, "its arguments cannot be pickled")
-                    continue
-                try:
-                    data = pickle.dumps(value, PROTOCOL)
-                except Exception as exc:
-                    self._not_recorded(
-                        index, f"its value cannot be pickled ({type(exc).__name__}: {exc})"
-                    )
-                    continue
-                rows.append((index, fp, 1, data, None, None, None, None))
+                else:
+                    try:
+                        successes.append((index, fp, dumps(value, PROTOCOL)))
+                    except Exception as exc:
+                        self._not_recorded(
+                            index, f"its value cannot be pickled ({type(exc).__name__}: {exc})"
+                        )
 
     def _not_recorded(self, index: int, reason: str) -> None:
         if self._unrecorded is None:
