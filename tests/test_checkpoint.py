@@ -174,12 +174,16 @@ def test_a_map_that_dies_resumes_to_the_uninterrupted_result(
 # resuming
 
 
-def test_a_second_run_resumes_everything_and_runs_nothing(markers: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_second_run_resumes_everything_and_runs_nothing(
+    method: str, markers: Path, tmp_path: Path
+) -> None:
     lines = [f"line {i}: " + "word " * (i % 7) for i in range(300)]
     ck = tmp_path / "words.ckpt"
-    first = pmap(cj.count_words, range(300), lines, workers=2, checkpoint=ck)
+    options: dict[str, Any] = {"workers": 2, "checkpoint": ck, "start_method": method}
+    first = pmap(cj.count_words, range(300), lines, **options)
     assert first.resumed == 0 and ran(markers) == set(range(300))
-    again = pmap(cj.count_words, range(300), lines, workers=2, checkpoint=ck)
+    again = pmap(cj.count_words, range(300), lines, **options)
     assert again.values == first.values == [2 + i % 7 for i in range(300)]
     assert again.resumed == 300 and not ran(fresh(markers))
 
@@ -283,6 +287,26 @@ def test_imap_commits_what_it_hands_to_a_slow_consumer(markers: Path, tmp_path: 
         Path(f"{copy}-wal").write_bytes(wal.read_bytes())
     assert 0 in {r[0] for r in rows(copy)}
     stream.close()
+
+
+def test_an_exception_in_the_consumers_loop_keeps_what_it_saw(
+    markers: Path, tmp_path: Path
+) -> None:
+    ck = tmp_path / "loop.ckpt"
+    seen: list[int] = []
+
+    def consume() -> None:
+        for out in imap(cj.square, range(500), workers=2, ordered=True, checkpoint=ck):
+            seen.append(out.index)
+            if len(seen) == 120:
+                raise KeyError("the consumer broke")
+
+    with pytest.raises(KeyError):
+        consume()
+    fresh(markers)
+    res = pmap(cj.square, range(500), workers=2, checkpoint=ck)
+    assert res.values == [i * i for i in range(500)]
+    assert res.resumed >= 120 and ran(markers).isdisjoint(seen)
 
 
 def test_apmap_and_aimap_resume(markers: Path, tmp_path: Path) -> None:

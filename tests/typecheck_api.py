@@ -47,3 +47,4 @@ def check_types() -> None:
     assert_type(res.values, list[int | None])
     assert_type(res.errors, dict[int, BaseException])
     assert_type(res.unwrap(), list[int])
+    assert_type(res.resumed, int)
