@@ -167,7 +167,9 @@ def test_a_map_that_dies_resumes_to_the_uninterrupted_result(
     assert max(lost.values(), default=0.0) <= LAST_SECOND, sorted(lost.items())[-5:]
     finished_early = [i for i, t in before.items() if min(t) <= died_at - LAST_SECOND]
     assert res.resumed >= len(finished_early) > 0
-    print(f"{death}/{mode}: {len(before)} finished before, {res.resumed} resumed, {len(lost)} lost")
+    oldest = max(lost.values(), default=0.0)
+    print(f"{death}/{mode}: {len(before)} finished, {res.resumed} resumed, {len(lost)} lost")
+    print(f"  the oldest lost finished {oldest:.3f} s before the death")
 
 
 # --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import time
 import traceback
 import warnings
 from collections import deque
@@ -102,6 +103,8 @@ class Resume:
         self._successes: list[Success] = []
         self._failures: list[Failure] = []
         self._due: float | None = None
+        # When nothing was pending last: what arrived since is at most this old.
+        self._empty_since = time.monotonic()
         self._unrecorded: tuple[int, str] | None = None  # first success not recorded
         self._warned = False
 
@@ -157,9 +160,13 @@ class Resume:
         """Commit what is due; arrange to be called again when more will be."""
         if self._journal or self._successes or self._failures:
             if self._due is None:
-                self._due = now + COMMIT_SECONDS
+                # Outcomes may have been journaled any time since the journal
+                # was last seen empty (a sync pump that blocked, loop callbacks).
+                self._due = self._empty_since + COMMIT_SECONDS
             if now >= self._due:
                 self.commit()
+        else:
+            self._empty_since = now
         if self._job is not None:
             self._job.alarm = self._due
 
@@ -184,6 +191,7 @@ class Resume:
         self._successes.clear()
         self._failures.clear()
         self._due = None
+        self._empty_since = time.monotonic()
         if self._job is not None:
             self._job.alarm = None
         if self._unrecorded is not None and not self._warned:
