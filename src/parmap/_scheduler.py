@@ -12,6 +12,8 @@ event                  what the scheduler does
 =====================  ==================================================
 ``add_job`` / ``feed`` inputs join the job's pending runs; idle workers
                        are sent chunks.
+``skip``               inputs a checkpoint already has take their indexes
+                       and are emitted at once, unrun.
 ``on_ready``           a worker finished starting (its initializer ran).
 ``on_batch``           outcomes of the worker's current chunk, in order;
                        failures are retried or recorded; a finished chunk
