@@ -28,6 +28,7 @@ import pytest
 from tqdm import tqdm
 
 from parmap import Pool, aimap, apmap, imap, pmap
+from parmap import __version__ as parmap_version
 from parmap._checkpoint import CheckpointError, CheckpointInUseError
 
 from . import checkpoint_jobs as cj
@@ -188,6 +189,41 @@ def test_a_second_run_resumes_everything_and_runs_nothing(
     again = pmap(cj.count_words, range(300), lines, **options)
     assert again.values == first.values == [2 + i % 7 for i in range(300)]
     assert again.resumed == 300 and not ran(fresh(markers))
+
+
+def test_the_file_is_what_the_readme_says(markers: Path, tmp_path: Path) -> None:
+    import pickle
+
+    pragmas = ("application_id", "user_version")
+    ck = tmp_path / "format.ckpt"
+    lines = ["first line", "second, longer line"]
+    pmap(cj.count_words, range(2), lines, workers=1, checkpoint=ck)
+    with contextlib.closing(sqlite3.connect(ck)) as conn:
+        header = [conn.execute(f"PRAGMA {p}").fetchone()[0] for p in pragmas]
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        idx, fp, ok, value = conn.execute(
+            "SELECT idx, fingerprint, ok, value FROM outcome WHERE idx = 1"
+        ).fetchone()
+    assert header == [0x706D6170, 1]
+    assert meta == {"function": "tests.checkpoint_jobs.count_words", "parmap": parmap_version}
+    args = pickle.dumps((1, "second, longer line"), protocol=5)
+    assert fp == hashlib.blake2b(args, digest_size=16).digest()
+    assert (idx, ok, pickle.loads(value)) == (1, 1, 3)
+
+
+def test_workers_forked_while_the_file_is_open_leave_it_alone(
+    markers: Path, tmp_path: Path
+) -> None:
+    """Forked workers inherit the open database; retiring them must not touch it."""
+    ck = tmp_path / "forked.ckpt"
+    options: dict[str, Any] = {"workers": 2, "start_method": "fork", "checkpoint": ck}
+    first = pmap(cj.square, range(200), max_tasks_per_worker=7, **options)
+    assert first.values == [i * i for i in range(200)]
+    fresh(markers)
+    again = pmap(cj.square, range(200), **options)
+    assert again.resumed == 200 and not ran(markers)
+    with contextlib.closing(sqlite3.connect(ck)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 def test_changed_inputs_run_again_and_replace_their_record(markers: Path, tmp_path: Path) -> None:
