@@ -99,3 +99,9 @@ def array_full(size: int, value: int) -> Any:
 def array_stride_sum(arr: Any, i: int, step: int) -> float:
     """Read every page of a shared array: the sum of every ``step``-th element from ``i``."""
     return float(arr[i::step].sum())
+
+
+def nap_1ms(i: int) -> int:
+    """About a millisecond of "work" (a sleep, so that the CPU is left to the parent)."""
+    time.sleep(0.001)
+    return i

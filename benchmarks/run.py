@@ -99,6 +99,7 @@ class Sizes:
     sigint_peers: tuple[str, ...]
     hang_cap: float  # seconds after which a peer is declared hung
     workload_cap: float  # seconds before a workload is aborted
+    checkpoint_items: int = 20_000  # items of ~1 ms, with and without a checkpoint
 
 
 FULL = Sizes(
@@ -141,6 +142,7 @@ QUICK = Sizes(
     sigint_peers=(PPE,),
     hang_cap=2.0,
     workload_cap=45.0,
+    checkpoint_items=4_000,
 )
 
 
@@ -1040,6 +1042,81 @@ def bench_sigint(ctx: Ctx) -> None:
     )
 
 
+def bench_checkpoint(ctx: Ctx) -> None:
+    """Maps with and without a checkpoint, in the same rounds: what recording costs."""
+    s = ctx.sizes
+    n, m = s.checkpoint_items, s.xx_items
+    naps, xs = list(range(n)), list(range(m))
+    with (
+        tempfile.TemporaryDirectory(prefix="parmap-ckpt-") as d,
+        parmap.Pool(workers=WORKERS) as pool,
+    ):
+        files = iter(range(1_000_000))
+        last: dict[str, str] = {}
+
+        def with_checkpoint(fn: Callable[[int], int], items: list[int]) -> Any:
+            # A new file each time: nothing resumes, every item is recorded.
+            path = last[fn.__name__] = os.path.join(d, f"{next(files)}.ckpt")
+            return pool.pmap(fn, items, checkpoint=path)
+
+        times: dict[str, list[float]] = {}
+        resumes: list[float] = []
+        for r in range(-1, s.rounds):
+            runs: dict[str, Callable[[], Any]] = {
+                "1ms": lambda: pool.pmap(_tasks.nap_1ms, naps),
+                "1ms checkpoint": lambda: with_checkpoint(_tasks.nap_1ms, naps),
+                "xx": lambda: pool.pmap(_tasks.square, xs),
+                "xx checkpoint": lambda: with_checkpoint(_tasks.square, xs),
+            }
+            for name in rotate(list(runs), r):
+                t0 = time.perf_counter()
+                out = runs[name]()
+                dt = time.perf_counter() - t0
+                if name.startswith("xx"):
+                    check_squares(values_of(out), m, name)
+                elif values_of(out) != naps:
+                    raise AssertionError(f"{name} returned wrong results")
+                if r >= 0:
+                    times.setdefault(name, []).append(dt)
+            # Resuming the finished map of this round: every item comes back.
+            t0 = time.perf_counter()
+            res = pool.pmap(_tasks.nap_1ms, naps, checkpoint=last["nap_1ms"])
+            if r >= 0:
+                resumes.append(time.perf_counter() - t0)
+            if res.resumed != n or values_of(res) != naps:
+                raise AssertionError(f"resumed {res.resumed} of {n}")
+    ctx.raw["checkpoint"] = {**times, "resume": resumes}
+    slow = ratios(times["1ms checkpoint"], times["1ms"])
+    ctx.row(
+        f"{n:,} items of ~1 ms, 2 workers",
+        "wall time with checkpoint / without",
+        f"{median(slow):.3f}x ({fmt_s(median(times['1ms checkpoint']))})",
+        "≤ 1.10x",
+        judged(median(slow) <= 1.10),
+        reference=f"no checkpoint: {fmt_s(median(times['1ms']))}",
+    )
+    tiny = ratios(times["xx checkpoint"], times["xx"])
+    ctx.row(
+        f"{m:,} calls of x*x",
+        "wall time with checkpoint / without",
+        f"{median(tiny):.1f}x ({fmt_rate(m / median(times['xx checkpoint']))})",
+        "(reported)",
+        "info",
+        reference=f"no checkpoint: {fmt_rate(m / median(times['xx']))}",
+    )
+    ctx.row(
+        f"{n:,} items of ~1 ms, all recorded",
+        "wall time of resuming the finished map",
+        f"{fmt_s(median(resumes))} ({fmt_rate(n / median(resumes))})",
+        "(reported)",
+        "info",
+    )
+    ctx.notes.append(
+        "checkpoint: each map with a checkpoint writes a new file (nothing resumes), on a warm "
+        "pool; the ~1 ms items sleep; ratios are taken within each round."
+    )
+
+
 WORKLOADS: dict[str, Callable[[Ctx], None]] = {
     "throughput": bench_throughput,
     "throughput_timeout": bench_throughput_timeout,
@@ -1051,6 +1128,7 @@ WORKLOADS: dict[str, Callable[[Ctx], None]] = {
     "timeout": bench_timeout,
     "crash": bench_crash,
     "sigint": bench_sigint,
+    "checkpoint": bench_checkpoint,
 }
 WORKLOADS.update(data.WORKLOADS)
 

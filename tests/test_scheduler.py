@@ -530,3 +530,40 @@ def test_prefetch_queues_a_second_chunk_and_requeues_it_if_the_worker_dies() -> 
     values, errors = drain(job)
     assert len(values) == 5000 and list(errors) == [1]
     assert queued_start > 1  # the queued chunk ran again on the replacement
+
+
+# --- resumed inputs and the journal (checkpoints, see _resume) ---------------
+
+
+def test_skipped_inputs_take_their_indexes_and_are_emitted_without_running() -> None:
+    from collections import deque
+
+    h = Harness(workers=1)
+    job = h.job(ordered=True, chunksize=10)
+    job.journal = deque()
+    h.sched.skip(job, ["r0", "r1"], h.now)
+    h.sched.feed(job, [2, 3], h.now)
+    h.sched.skip(job, ["r4"], h.now)
+    h.sched.feed(job, [5], h.now)
+    h.sched.end_input(job)
+    h.flush()
+    assert h.chunks == {0: [2, 3]}  # the skipped inputs never reach a worker
+    assert job.take() == (0, ["r0", "r1"], None)
+    assert job.take() is None  # ordered: input 4 waits for 2 and 3
+    h.finish_all(lambda x: x * 10)
+    assert drain(job) == ([20, 30, "r4", 50], {})
+    assert job.finished and job.resumed == 3 and job.completed == 6
+    # Only what ran is journaled, as produced (before ordering held 4 back).
+    assert list(job.journal) == [(2, [20, 30], None), (5, [50], None)]
+
+
+def test_a_jobs_alarm_is_a_deadline_for_the_driver() -> None:
+    h = Harness(workers=1)
+    job = h.job(range(3), timeout=5)
+    assert h.sched.next_deadline() == 5.0  # the running item's
+    job.alarm = 2.5
+    assert h.sched.next_deadline() == 2.5
+    h.sched.on_time(2.5)  # nothing is due but the alarm: nothing happens
+    assert not [c for c in h.flush() if isinstance(c, Kill)]
+    job.alarm = None
+    assert h.sched.next_deadline() == 5.0

@@ -52,3 +52,4 @@ def check_types() -> None:
         assert_type(ex.submit(_length, "a"), Future[int])
         assert_type(ex.map(_length, ["a"], chunksize=2, buffersize=4), Iterator[int])
         ex.submit(_length, 3)  # type: ignore[arg-type]
+    assert_type(res.resumed, int)

@@ -32,6 +32,7 @@ from ._options import Defaults, MapConfig, MapOptions, Options
 from ._pickling import dump_function, main_has_no_file
 from ._progress import Progress
 from ._results import MapResult, Outcome
+from ._resume import Resume
 from ._scheduler import Job
 
 P = ParamSpec("P")
@@ -101,6 +102,7 @@ class _Call:
         ordered: bool,
     ) -> None:
         self.engine = engine
+        self.fn = fn
         self.config = config
         self.iterables = iterables
         self.total = _length(iterables)
@@ -135,18 +137,31 @@ class _Call:
     def progress(self) -> Progress:
         return Progress(self.config.progress, self.total)
 
+    def resume(self, *, stream: bool) -> Resume | None:
+        """The map's use of its checkpoint file, if it has one (opened by the driver)."""
+        path = self.config.checkpoint
+        return None if path is None else Resume(os.fspath(path), self.fn, eager=stream)
+
     def run(self) -> MapResult[Any]:
         values: list[Any] = []
         errors: dict[int, BaseException] = {}
+        resume = self.resume(stream=False)
         collect(
-            iterate(self.engine, self.new_job, _source(self.iterables), self.progress()),
+            iterate(self.engine, self.new_job, _source(self.iterables), self.progress(), resume),
             values,
             errors,
         )
-        return MapResult(values, dict(sorted(errors.items())))
+        resumed = 0 if resume is None else resume.resumed
+        return MapResult(values, dict(sorted(errors.items())), resumed=resumed)
 
     def stream(self) -> Generator[Outcome[Any], None, None]:
-        segments = iterate(self.engine, self.new_job, _source(self.iterables), self.progress())
+        segments = iterate(
+            self.engine,
+            self.new_job,
+            _source(self.iterables),
+            self.progress(),
+            self.resume(stream=True),
+        )
         try:
             yield from outcomes(segments)
         finally:
@@ -155,8 +170,9 @@ class _Call:
     async def arun(self) -> MapResult[Any]:
         values: list[Any] = []
         errors: dict[int, BaseException] = {}
+        resume = self.resume(stream=False)
         segments = aiterate(
-            self.engine, self.new_job, _async_source(self.iterables), self.progress()
+            self.engine, self.new_job, _async_source(self.iterables), self.progress(), resume
         )
         try:
             async for segment in segments:
@@ -167,11 +183,16 @@ class _Call:
             # is still running then, and cannot be closed from here.
             if not getattr(segments, "ag_running", False):
                 await segments.aclose()
-        return MapResult(values, dict(sorted(errors.items())))
+        resumed = 0 if resume is None else resume.resumed
+        return MapResult(values, dict(sorted(errors.items())), resumed=resumed)
 
     async def astream(self) -> AsyncGenerator[Outcome[Any], None]:
         segments = aiterate(
-            self.engine, self.new_job, _async_source(self.iterables), self.progress()
+            self.engine,
+            self.new_job,
+            _async_source(self.iterables),
+            self.progress(),
+            self.resume(stream=True),
         )
         try:
             async for segment in segments:

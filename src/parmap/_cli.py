@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import io
 import json
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any, NoReturn, get_args
 
 from . import Outcome, RemoteError, __version__, imap, pmap
+from ._checkpoint import CheckpointError
 from ._options import Defaults, OnError
 
 EXIT_OK = 0
@@ -73,6 +75,8 @@ class _Call:
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
+        # Carry fn's name: a --checkpoint file records the function it maps.
+        functools.update_wrapper(self, fn, updated=())
 
     def __call__(self, item: Item) -> Any:
         args, kwargs = item
@@ -291,6 +295,11 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="items sent to a worker at once",
     )
+    run.add_argument(
+        "--checkpoint",
+        metavar="CHECKPOINT",
+        help="record finished lines in this SQLite file; run again to resume (trusted files only)",
+    )
     _add_pool_arguments(run)
     run.set_defaults(handler=_run)
 
@@ -373,7 +382,7 @@ def _run(args: argparse.Namespace) -> int:
 def _run_to(args: argparse.Namespace, out_stream: IO[str]) -> int:
     fn = _load_function(args.target)
     options = _common_options(args)
-    for name in ("workers", "timeout", "retries", "chunksize"):
+    for name in ("workers", "timeout", "retries", "chunksize", "checkpoint"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     # The map always collects; "raise" is applied here, as stopping after the
@@ -463,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("a command is required: 'run' or 'demo' (see parmap --help)")
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
-    except UsageError as exc:
+    except (UsageError, CheckpointError) as exc:  # CheckpointError: in use, not ours, ...
         print(f"parmap: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -20,12 +20,13 @@ from typing import Any, TypeVar
 from ._engine import Engine
 from ._progress import Progress
 from ._results import Outcome
+from ._resume import Resume
 from ._scheduler import Job, Segment
 
 T = TypeVar("T")
 
 
-def _feed(engine: Engine, job: Job, source: Iterator[Any]) -> None:
+def _feed(engine: Engine, job: Job, source: Iterator[Any], resume: Resume | None = None) -> None:
     want = engine.sched.want(job)
     if want <= 0:
         return
@@ -37,7 +38,10 @@ def _feed(engine: Engine, job: Job, source: Iterator[Any]) -> None:
         raise
     if len(args) < want:
         engine.sched.end_input(job)
-    engine.sched.feed(job, args, time.monotonic())
+    if resume is None:
+        engine.sched.feed(job, args, time.monotonic())
+    else:
+        resume.feed(engine.sched, job, args, time.monotonic())
     engine.execute()
 
 
@@ -58,34 +62,47 @@ def _raise_error(job: Job) -> None:
 
 
 def iterate(
-    engine: Engine, new_job: Callable[[], Job], source: Iterator[Any], progress: Progress
+    engine: Engine,
+    new_job: Callable[[], Job],
+    source: Iterator[Any],
+    progress: Progress,
+    resume: Resume | None = None,
 ) -> Generator[Segment, None, None]:
     """Run a job on ``engine`` from the calling thread, yielding segments.
 
     Input is read in this thread too: while a slow input iterator is producing
     its next item, outcomes wait and deadlines are checked late. Use an async
-    source with ``aiterate`` when input arrives slowly.
+    source with ``aiterate`` when input arrives slowly. With ``resume``, the
+    map skips and records inputs through its checkpoint.
     """
     engine.begin_sync()
     job: Job | None = None
     completed = False
     try:
+        if resume is not None:
+            resume.open()  # before any worker starts: a bad file fails the map at once
         with engine.turn():
             engine.check_open()
             job = new_job()
+            if resume is not None:
+                resume.attach(job)
             engine.execute()
         while True:
             segment = job.take()
             if segment is not None:
                 progress.update(job)
+                if resume is not None:
+                    resume.before_yield()
                 yield segment
                 continue
             if job.finished:
                 break
             with engine.turn():
-                _feed(engine, job, source)
+                _feed(engine, job, source, resume)
                 if not (job.ready or job.finished):
                     engine.pump()
+            if resume is not None:
+                resume.tick(time.monotonic())
             progress.update(job)
         progress.update(job)
         _raise_error(job)
@@ -96,11 +113,17 @@ def iterate(
                 with engine.turn():
                     engine.finish(job, cancel=not completed)
         finally:
-            engine.end_sync()
-            progress.close()
+            try:
+                if resume is not None:
+                    resume.close(completed=completed)
+            finally:
+                engine.end_sync()
+                progress.close()
 
 
-async def _feed_async(engine: Engine, job: Job, source: AsyncIterator[Any]) -> None:
+async def _feed_async(
+    engine: Engine, job: Job, source: AsyncIterator[Any], resume: Resume | None
+) -> None:
     """Read an async source item by item, as fast as the buffer allows.
 
     It runs as its own task so that a source waiting for its next item never
@@ -117,7 +140,10 @@ async def _feed_async(engine: Engine, job: Job, source: AsyncIterator[Any]) -> N
             except StopAsyncIteration:
                 sched.end_input(job)
                 return
-            sched.feed(job, [item], time.monotonic())
+            if resume is None:
+                sched.feed(job, [item], time.monotonic())
+            else:
+                resume.feed(sched, job, [item], time.monotonic())
             engine.execute()
     except BaseException as exc:
         task = asyncio.current_task()
@@ -139,37 +165,59 @@ async def aiterate(
     new_job: Callable[[], Job],
     source: Iterator[Any] | AsyncIterator[Any],
     progress: Progress,
+    resume: Resume | None = None,
 ) -> AsyncGenerator[Segment, None]:
     """Run a job on ``engine`` from the running event loop, yielding segments.
 
     A plain iterable is read on the loop (it must not block); an async one is
-    read by a feeder task.
+    read by a feeder task. With ``resume``, the map skips and records inputs
+    through its checkpoint (its commits are short writes made on the loop).
     """
     engine.check_open()
+    if resume is not None:
+        resume.open()
     loop = asyncio.get_running_loop()
-    engine.attach(loop)
+    try:
+        engine.attach(loop)
+    except BaseException:
+        if resume is not None:
+            resume.close(completed=False)
+        raise
     completed = False
     job: Job | None = None
     feeder: asyncio.Task[None] | None = None
+    changed: asyncio.Future[None] | None = None
     try:
         job = new_job()
+        if resume is not None:
+            resume.attach(job)
         engine.execute()
         if isinstance(source, AsyncIterator):
-            feeder = loop.create_task(_feed_async(engine, job, source))
+            feeder = loop.create_task(_feed_async(engine, job, source, resume))
         while True:
             segment = job.take()
             if segment is not None:
                 engine.notify(job)  # room in the buffer: wake the feeder
                 progress.update(job)
+                if resume is not None:
+                    resume.before_yield()
                 yield segment
                 continue
             if job.finished:
                 break
             if feeder is None:
-                _feed(engine, job, source)  # type: ignore[arg-type]
+                _feed(engine, job, source, resume)  # type: ignore[arg-type]
                 if job.ready or job.finished:
                     continue
-            await engine.changed(job)
+            if resume is None:
+                await engine.changed(job)
+                continue
+            # Outcomes are journaled by loop callbacks that need not wake
+            # us (ordered maps hold them back): wake up to commit in time.
+            if changed is None or changed.done():
+                changed = engine.changed(job)
+            await asyncio.wait((changed,), timeout=resume.wait_timeout(time.monotonic()))
+            resume.tick(time.monotonic())
         progress.update(job)
         _raise_error(job)
         completed = True
@@ -182,8 +230,12 @@ async def aiterate(
             if job is not None:
                 engine.finish(job, cancel=not completed)
         finally:
-            engine.detach()
-            progress.close()
+            try:
+                if resume is not None:
+                    resume.close(completed=completed)
+            finally:
+                engine.detach()
+                progress.close()
 
 
 def outcomes(segments: Iterable[Segment]) -> Iterator[Outcome[Any]]:

@@ -31,6 +31,7 @@ class MapOptions(TypedDict, total=False):
     buffer: int | None
     progress: Any
     shared_memory_threshold: int | None
+    checkpoint: str | os.PathLike[str] | None
 
 
 class PoolOptions(TypedDict, total=False):
@@ -85,6 +86,16 @@ def _check_progress(value: object) -> None:
     )
 
 
+def _check_checkpoint(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str | os.PathLike):
+        path = os.fspath(value)
+        if isinstance(path, str) and path:
+            return path
+    raise TypeError(f"checkpoint must be a path (str or os.PathLike) or None, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class MapConfig:
     """The validated options of one map."""
@@ -98,6 +109,7 @@ class MapConfig:
     progress: Any = False
     #: Buffers of at least this many bytes cross through shared memory.
     shared_memory_threshold: int | None = 1 << 20
+    checkpoint: str | os.PathLike[str] | None = None  # a str once validated
 
     def __post_init__(self) -> None:
         t = self.timeout
@@ -114,6 +126,7 @@ class MapConfig:
         _int_option("buffer", self.buffer, 1, optional=True)
         _check_progress(self.progress)
         _int_option("shared_memory_threshold", self.shared_memory_threshold, 0, optional=True)
+        object.__setattr__(self, "checkpoint", _check_checkpoint(self.checkpoint))
 
 
 @dataclass(frozen=True, slots=True)

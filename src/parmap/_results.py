@@ -204,11 +204,14 @@ class MapResult(Sequence[T]):
     returns every value or raises an ``ExceptionGroup`` of all failures.
     """
 
-    __slots__ = ("_errors", "_values")
+    __slots__ = ("_errors", "_resumed", "_values")
 
-    def __init__(self, values: list[T | None], errors: dict[int, BaseException]) -> None:
+    def __init__(
+        self, values: list[T | None], errors: dict[int, BaseException], *, resumed: int = 0
+    ) -> None:
         self._values = values
         self._errors = errors
+        self._resumed = resumed
 
     @classmethod
     def from_outcomes(cls, outcomes: Sequence[Outcome[T]]) -> MapResult[T]:
@@ -236,6 +239,11 @@ class MapResult(Sequence[T]):
     def ok(self) -> bool:
         """True when every item succeeded."""
         return not self._errors
+
+    @property
+    def resumed(self) -> int:
+        """How many items came back from the ``checkpoint`` instead of running again."""
+        return self._resumed
 
     def unwrap(self) -> list[T]:
         """Return all values, or raise an ``ExceptionGroup`` of every failure."""

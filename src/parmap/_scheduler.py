@@ -12,6 +12,8 @@ event                  what the scheduler does
 =====================  ==================================================
 ``add_job`` / ``feed`` inputs join the job's pending runs; idle workers
                        are sent chunks.
+``skip``               inputs a checkpoint already has take their indexes
+                       and are emitted at once, unrun.
 ``on_ready``           a worker finished starting (its initializer ran).
 ``on_batch``           outcomes of the worker's current chunk, in order;
                        failures are retried or recorded; a finished chunk
@@ -227,6 +229,12 @@ class Job:
         self.closed = False
         self.item_time: float | None = None
         self.item_bytes: float | None = None
+        # A checkpoint (see _resume) sets ``journal`` to receive every segment
+        # as it is produced, before ordering holds any back, and ``alarm`` to
+        # the time its driver must wake up (``next_deadline`` includes it).
+        self.journal: deque[Segment] | None = None
+        self.alarm: float | None = None
+        self.resumed = 0
 
     @property
     def finished(self) -> bool:
@@ -246,12 +254,21 @@ class Job:
         self.consumed += len(seg[1])
         return seg
 
-    def _emit(self, start: int, values: list[Any], errors: dict[int, BaseException] | None) -> None:
+    def _emit(
+        self,
+        start: int,
+        values: list[Any],
+        errors: dict[int, BaseException] | None,
+        *,
+        record: bool = True,
+    ) -> None:
         n = len(values)
         if not n:
             return
         self.completed += n
         seg: Segment = (start, values, errors)
+        if record and self.journal is not None:
+            self.journal.append(seg)
         if not self.ordered:
             self.ready.append(seg)
             return
@@ -457,6 +474,20 @@ class Scheduler:
             job.pending.append(Run(job.pulled, args))
         job.pulled += len(args)
         self._dispatch(now)
+
+    def skip(self, job: Job, values: list[Any], now: float) -> None:
+        """The next inputs of ``job`` already have ``values`` (resumed): emit them unrun.
+
+        They take their indexes like fed inputs, count as completed, and are
+        not journaled (their record exists).
+        """
+        self._now = now
+        if job.closed or not values:
+            return
+        start = job.pulled
+        job.pulled += len(values)
+        job.resumed += len(values)
+        job._emit(start, values, None, record=False)
 
     def end_input(self, job: Job) -> None:
         """The job's input is exhausted."""
@@ -815,8 +846,11 @@ class Scheduler:
 
     # ------------------------------------------------------------------ time
     def next_deadline(self) -> float | None:
-        """When ``on_time`` must be called next, or ``None``."""
+        """When ``on_time`` must be called next (or a job's alarm rings), or ``None``."""
         best: float | None = None
+        for job in self.jobs:
+            if job.alarm is not None and (best is None or job.alarm < best):
+                best = job.alarm
         for slot in self.slots.values():
             chunk = slot.chunk
             if chunk is not None and chunk.job.config.timeout is not None:
