@@ -19,6 +19,7 @@ DOCUMENTED = {
     "Outcome",
     "TaskTimeoutError",
     "WorkerCrashedError",
+    "WorkerMemoryError",
     "RemoteError",
 }
 

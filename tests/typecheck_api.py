@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Generator
 from typing import assert_type
 
-from parmap import MapResult, Outcome, Pool, imap, parallel, pmap
+from parmap import (
+    MapResult,
+    Outcome,
+    Pool,
+    WorkerCrashedError,
+    WorkerMemoryError,
+    imap,
+    parallel,
+    pmap,
+)
 from parmap._api import ParallelFunction
 
 
@@ -47,3 +56,13 @@ def check_types() -> None:
     assert_type(res.values, list[int | None])
     assert_type(res.errors, dict[int, BaseException])
     assert_type(res.unwrap(), list[int])
+    # max_memory_per_worker takes bytes or a size string, everywhere.
+    with Pool(workers=1, max_memory_per_worker="512MB") as pool:
+        assert_type(pool.pmap(_length, ["a"]), MapResult[int])
+    assert_type(pmap(_length, ["a"], max_memory_per_worker=1 << 30), MapResult[int])
+    error = res.errors.get(0)
+    if isinstance(error, WorkerMemoryError):
+        crashed: WorkerCrashedError = error
+        assert_type(crashed.index, int)
+        assert_type(error.limit, int)
+        assert_type(error.rss, int)

@@ -24,6 +24,11 @@ event                  what the scheduler does
                        chunk is pending again; a replacement is spawned.
 ``cancel``             the consumer went away: the job's workers are
                        killed and replaced; its pending inputs dropped.
+``on_memory``          resident memory readings (pools with
+                       ``max_memory_per_worker``): a busy worker over the
+                       limit is killed, its item fails with
+                       ``WorkerMemoryError``; an idle one over 75% of it is
+                       retired and replaced.
 =====================  ==================================================
 
 Work moves in *runs* (contiguous inputs) and *chunks* (the slice of a run sent
@@ -35,6 +40,12 @@ the worker's *beacon* (a few shared numbers the driver reads for us): that is
 what keeps deadlines per item (never early, at most a few milliseconds late)
 and crash blame exact even though outcomes are batched.
 
+A pool with a memory limit reads its workers' memory in the parent, by
+deadlines it asks for like any other (``memory_due`` names the workers to
+read), so no thread samples anything. Its chunks hold one item (unless the map
+sets ``chunksize``) and none is sent ahead, so that a worker is idle, and
+measured, between any two items.
+
 Outcomes leave as *segments* ``(start, values, errors)`` covering contiguous
 input indexes; each input index is covered by exactly one segment.
 """
@@ -43,13 +54,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pickle import PicklingError
 from typing import Any
 
 from ._options import MapConfig
-from ._results import TaskTimeoutError, WorkerCrashedError, mark_index
+from ._results import TaskTimeoutError, WorkerCrashedError, WorkerMemoryError, mark_index
 from ._wire import Encoded
 
 #: Aim for chunks that keep a worker busy this long: long enough to make the
@@ -81,6 +93,13 @@ RECHECK_SECONDS = 0.02
 #: least this often: when the beacon cannot give an item's start time, the
 #: first time we saw it running bounds it instead.
 POLL_SECONDS = 0.02
+#: How often a busy worker's resident memory is read in a pool with
+#: ``max_memory_per_worker``: a worker over it is killed this long after
+#: crossing it at most (plus the time to act on a reading).
+MEMORY_POLL_SECONDS = 0.02
+#: An idle worker above this share of the memory limit is retired: its next
+#: item would likely take it over.
+RECYCLE_FRACTION = 0.75
 
 BeaconReading = tuple[int, float | None] | None
 """What a worker's beacon says: items started since birth, and a time by which
@@ -182,6 +201,10 @@ class Slot:
     # Jobs whose function this worker holds, oldest first: a mirror of the
     # worker's own cache, which forgets the oldest beyond FUNCTION_CACHE.
     sent_jobs: dict[int, None] = field(default_factory=dict)
+    # Pools with a memory limit: when to read a busy worker's memory next,
+    # and whether an idle one waits to be measured before its next chunk.
+    mem_at: float = math.inf
+    mem_check: bool = False
 
 
 class Job:
@@ -285,6 +308,7 @@ class Scheduler:
         can_kill: bool = True,
         prefetch: bool = False,
         backlogged: Callable[[int], bool] = lambda wid: False,
+        memory_limit: int | None = None,
     ) -> None:
         self.workers = workers
         self._encode = encode
@@ -310,6 +334,9 @@ class Scheduler:
         # Whether a worker still has so much to read that it should not be
         # sent a chunk ahead of time (the backend's write flow control).
         self._backlogged = backlogged
+        # max_memory_per_worker in bytes; workers retired for memory so far.
+        self.memory_limit = memory_limit
+        self.recycled = 0
 
     # ----------------------------------------------------------------- helpers
     def take_commands(self) -> list[Command]:
@@ -478,6 +505,8 @@ class Scheduler:
     def _chunksize(self, job: Job, *, cap_by_total: bool = True) -> int:
         if job.config.chunksize is not None:
             return job.config.chunksize
+        if self.memory_limit is not None:
+            return 1  # measured between any two items (see the module docstring)
         if job.config.timeout is not None and not self._item_beacon:
             return 1
         if job.item_time is None:
@@ -506,12 +535,12 @@ class Scheduler:
         for slot in list(self.slots.values()):
             # A chunk that fails to pickle leaves the worker idle: try again
             # (in a loop, not by recursion: thousands may fail in a row).
-            while slot.chunk is None and slot.wid in self.slots:
+            while slot.chunk is None and not slot.mem_check and slot.wid in self.slots:
                 job = self._next_job()
                 if job is None:
                     return
                 self._send_chunk(slot, job, now)
-        if not self._prefetch or self._max_tasks is not None:
+        if not self._prefetch or self._max_tasks is not None or self.memory_limit is not None:
             return
         for slot in list(self.slots.values()):
             chunk = slot.chunk
@@ -584,6 +613,8 @@ class Scheduler:
             slot.chunk = Chunk(job, start, args, run.attempt)
             slot.since = now
             slot.poll_at = now + POLL_SECONDS if message.timed and size > 1 else math.inf
+            if self.memory_limit is not None:
+                slot.mem_at = now + MEMORY_POLL_SECONDS
         job.running += size
         self._commands.append(Send(slot.wid, payload))
 
@@ -672,6 +703,8 @@ class Scheduler:
             # The worker went on to it as soon as it finished this one, maybe
             # well before now: only its sending time bounds its start.
             slot.since = slot.queued_at
+            if self.memory_limit is not None and slot.chunk is None:
+                slot.mem_check, slot.mem_at = True, math.inf
         if not job.closed:
             estimate = busy / count
             job.item_time = (
@@ -749,8 +782,12 @@ class Scheduler:
             self._requeue(chunk, chunk.done, len(chunk.args), solo=True)
         self._dispatch(now)
 
-    def on_exit(self, wid: int, exitcode: int | None, now: float) -> None:
-        """Worker ``wid`` died (its outcomes were all read before this call)."""
+    def on_exit(self, wid: int, exitcode: int | None, now: float, hint: str | None = None) -> None:
+        """Worker ``wid`` died (its outcomes were all read before this call).
+
+        ``hint`` is the backend's guess at why, for the item's error (e.g. the
+        OOM killer, for a SIGKILL that parmap did not send).
+        """
         slot = self.slots.get(wid)
         if slot is None:
             return
@@ -771,10 +808,10 @@ class Scheduler:
             )
             return
         if chunk is not None:
-            self._blame(chunk, slot, WorkerCrashedError, exitcode)
+            self._blame(chunk, slot, lambda index: WorkerCrashedError(index, exitcode, hint))
         self._dispatch(now)
 
-    def _blame(self, chunk: Chunk, slot: Slot, kind: type, detail: Any) -> None:
+    def _blame(self, chunk: Chunk, slot: Slot, make: Callable[[int], BaseException]) -> None:
         """Fail the item of ``chunk`` that was running when the worker died."""
         reading = self._beacon(slot.wid)
         started = reading[0] if reading is not None else slot.reported
@@ -792,7 +829,7 @@ class Scheduler:
                 return
         self._requeue(chunk, pos + 1, len(chunk.args))
         index = chunk.start + pos
-        error = kind(index, detail)
+        error = make(index)
         self._fail(chunk.job, index, chunk.attempt, chunk.args[pos], error, task_raised=False)
         # Items before the culprit finished but their outcomes died with the
         # worker: run them again.
@@ -800,10 +837,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ time
     def next_deadline(self) -> float | None:
-        """When ``on_time`` must be called next, or ``None``."""
+        """When ``on_time`` (or a memory reading) must come next, or ``None``."""
         best: float | None = None
         for slot in self.slots.values():
             chunk = slot.chunk
+            if chunk is not None and slot.mem_at < (best if best is not None else math.inf):
+                best = slot.mem_at
             if chunk is not None and chunk.job.config.timeout is not None:
                 deadline = min(slot.since + chunk.job.config.timeout, slot.poll_at)
                 if best is None or deadline < best:
@@ -856,6 +895,52 @@ class Scheduler:
                 task_raised=False,
             )
             self._requeue(chunk, chunk.done, pos)
+        self._dispatch(now)
+
+    # ---------------------------------------------------------------- memory
+    def memory_due(self, now: float) -> list[int]:
+        """Workers whose resident memory ``on_memory`` wants now.
+
+        Busy workers whose reading is due, and idle ones that just finished an
+        item; empty for a pool without ``max_memory_per_worker``.
+        """
+        if self.memory_limit is None:
+            return []
+        return [
+            slot.wid
+            for slot in self.slots.values()
+            if (slot.mem_at <= now if slot.chunk is not None else slot.mem_check)
+        ]
+
+    def on_memory(self, readings: Mapping[int, int | None], now: float) -> None:
+        """Resident memory of workers, in bytes (``None``: could not be read).
+
+        A busy worker over the limit is killed and its item fails with
+        ``WorkerMemoryError``; an idle worker above ``RECYCLE_FRACTION`` of it
+        is retired and replaced, so that no item fails.
+        """
+        self._now = now
+        limit = self.memory_limit
+        if limit is None:
+            return
+        for wid, rss in readings.items():
+            slot = self.slots.get(wid)
+            if slot is None:
+                continue
+            chunk = slot.chunk
+            if chunk is None:
+                if slot.mem_check:
+                    slot.mem_check = False
+                    if rss is not None and rss > RECYCLE_FRACTION * limit:
+                        self.recycled += 1
+                        self._remove_slot(slot, Retire(wid))
+                continue
+            slot.mem_at = now + MEMORY_POLL_SECONDS
+            if rss is None or rss <= limit or not slot.ready:
+                continue
+            # The Kill is only queued: the beacon still says which item ran.
+            self._remove_slot(slot, Kill(wid))
+            self._blame(chunk, slot, partial(WorkerMemoryError, limit=limit, rss=rss))
         self._dispatch(now)
 
     # ---------------------------------------------------------------- closing
