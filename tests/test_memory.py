@@ -12,20 +12,24 @@ import contextlib
 import json
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from parmap import Pool, WorkerCrashedError, WorkerMemoryError, parallel, pmap
 from parmap._memory import Gauge, OomWatch, oom_kills, parse_size, read_rss
-from parmap._options import PoolConfig
-from parmap._scheduler import MEMORY_POLL_SECONDS, Kill, Retire, Send, Spawn
+from parmap._options import MapConfig, PoolConfig
+from parmap._scheduler import MEMORY_POLL_SECONDS, Kill, Retire, Scheduler, Send, Spawn
 
 from . import memory_cases as cases
 from .test_scheduler import Harness
@@ -399,3 +403,144 @@ def test_the_command_line_refuses_a_bad_size_as_a_usage_error() -> None:
     )
     assert proc.returncode == 2
     assert "max_memory_per_worker must be a number of bytes or a size" in proc.stderr
+
+
+def test_chunks_hold_as_many_items_as_the_measured_growth_leaves_room_for() -> None:
+    h = memory_harness(workers=1)
+    h.job([f"line {i}" for i in range(400)], on_error="collect")
+    h.sched.on_ready(0)
+
+    def finish_chunk(rss: int) -> list[Any]:
+        """The worker reports its chunk; it is measured; what is it sent next?"""
+        h.now += 0.01
+        assert h.report(0, [s.upper() for s in h.chunks[0]]) == []  # measured first
+        h.sched.on_memory({0: rss}, h.now)
+        h.flush()
+        return h.chunks.get(0, [])
+
+    assert len(h.chunks[0]) == 1  # nothing measured yet
+    assert len(finish_chunk(30 * MB)) == 1  # one reading: no growth known yet
+    # The second item added 10 MB: (150 MB - 40 MB) / 10 MB = 11 items fit.
+    assert len(finish_chunk(40 * MB)) == 11
+    # Those 11 added only 1 MB each, but the map's worst (10 MB) still rules.
+    assert len(finish_chunk(51 * MB)) == 9
+
+
+def test_a_map_whose_items_keep_nothing_gets_full_chunks() -> None:
+    h = memory_harness(workers=1)
+    h.job(list(range(2000)), on_error="collect")
+    h.sched.on_ready(0)
+    for _ in range(2):
+        h.now += 0.01
+        h.report(0, list(h.chunks[0]), per_item=1e-6)
+        h.sched.on_memory({0: 30 * MB}, h.now)
+        h.flush()
+    assert len(h.chunks[0]) > 100
+
+
+# ------------------------------------------------- the scheduler, at random
+@dataclass
+class _ModelWorker:
+    rss: int
+    ready: bool = False
+    chunk: list[int] = field(default_factory=list)
+    reported: int = 0  # items reported since birth
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    keeps=st.lists(st.sampled_from([0, 0, 1, 5, 20, 60]), min_size=1, max_size=60),
+    peaks=st.lists(st.sampled_from([0, 0, 0, 50, 300]), min_size=1, max_size=60),
+    workers=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_random_readings_keep_every_promise(
+    keeps: list[int], peaks: list[int], workers: int, seed: int
+) -> None:
+    """Items keep memory (MB) and may peak above it while they run; readings come
+    as the engine takes them. Every input gets one outcome; a memory error names
+    a reading over the limit; only idle workers over 75% are retired; a worker
+    waiting to be measured gets nothing; none holds two chunks."""
+    rng = random.Random(seed)
+    limit, base = 200 * MB, 20 * MB
+    n = len(keeps)
+    sched = Scheduler(
+        workers, encode=lambda m: m, beacon=lambda wid: beacon(wid), memory_limit=limit
+    )
+    model: dict[int, _ModelWorker] = {}
+    last_reading: dict[int, int] = {}
+
+    def beacon(wid: int) -> tuple[int, float | None] | None:
+        w = model.get(wid)
+        if w is None:
+            return None
+        return (w.reported + 1, 0.0) if w.chunk and w.ready else (w.reported, None)
+
+    def rss_of(wid: int) -> int:
+        w = model[wid]
+        running = w.chunk[0] if w.chunk and w.ready else None
+        peak = 0 if running is None else peaks[running % len(peaks)] * MB
+        return w.rss + peak
+
+    now = 0.0
+
+    def execute() -> None:
+        due = sched.memory_due(now)
+        if due:
+            readings = {wid: rss_of(wid) for wid in due}
+            last_reading.update(readings)
+            sched.on_memory(readings, now)
+        for cmd in sched.take_commands():
+            if isinstance(cmd, Spawn):
+                model[cmd.wid] = _ModelWorker(base)
+            elif isinstance(cmd, Send):
+                w = model[cmd.wid]
+                assert not w.chunk, "a worker was sent a chunk ahead of time"
+                assert not sched.slots[cmd.wid].mem_check, "sent before it was measured"
+                w.chunk = list(range(cmd.payload[3][0], cmd.payload[3][0] + len(cmd.payload[3])))  # type: ignore[index]
+            elif isinstance(cmd, Retire):
+                assert not model[cmd.wid].chunk, "a busy worker was retired"
+                assert last_reading[cmd.wid] > 0.75 * limit or sched.closing
+                del model[cmd.wid]
+            elif isinstance(cmd, Kill):
+                del model[cmd.wid]
+
+    job = sched.new_job(MapConfig(on_error="collect"), fn_payload=b"fn", star=False, ordered=True)
+    sched.feed(job, list(range(n)), now)
+    sched.end_input(job)
+    execute()
+    for _ in range(20 * n + 200):
+        if job.finished:
+            break
+        choice = rng.random()
+        wid = rng.choice(list(model)) if model else None
+        if wid is not None and not model[wid].ready:
+            model[wid].ready = True
+            sched.on_ready(wid)
+        elif wid is not None and model[wid].chunk and choice < 0.6:
+            w = model[wid]
+            item = w.chunk.pop(0)
+            w.rss += keeps[item] * MB
+            w.reported += 1
+            now += 0.001
+            sched.on_batch(wid, [item * 2], None, 0.001, now)
+        else:
+            now += rng.choice([0.005, MEMORY_POLL_SECONDS, 0.05])
+            sched.on_time(now)
+        execute()
+    assert job.finished, "the map never finished"
+    seen: dict[int, Any] = {}
+    while (seg := job.take()) is not None:
+        start, values, errors = seg
+        for i, value in enumerate(values, start):
+            assert i not in seen, f"input {i} got two outcomes"
+            seen[i] = (errors or {}).get(i, value)
+    assert sorted(seen) == list(range(n))
+    for i, outcome in seen.items():
+        if isinstance(outcome, BaseException):
+            assert isinstance(outcome, WorkerMemoryError) and outcome.rss > limit
+            # Measured at most 75% of the limit before it ran alone: only an
+            # item that peaks at 300 MB can take a worker over; no bystander.
+            assert peaks[i % len(peaks)] == 300, f"input {i} failed as a bystander"
+        else:
+            assert outcome == i * 2

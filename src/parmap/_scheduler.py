@@ -42,9 +42,12 @@ and crash blame exact even though outcomes are batched.
 
 A pool with a memory limit reads its workers' memory in the parent, by
 deadlines it asks for like any other (``memory_due`` names the workers to
-read), so no thread samples anything. Its chunks hold one item (unless the map
-sets ``chunksize``) and none is sent ahead, so that a worker is idle, and
-measured, between any two items.
+read), so no thread samples anything. No chunk is sent ahead, so that a worker
+is idle, and measured, between chunks; and a chunk holds only as many items as
+the map's measured growth per item (memory after a chunk minus before, per
+item) lets the worker run before it would pass ``RECYCLE_FRACTION`` of the
+limit: one item at a time for a map that leaks, full chunks for one that
+does not.
 
 Outcomes leave as *segments* ``(start, values, errors)`` covering contiguous
 input indexes; each input index is covered by exactly one segment.
@@ -205,6 +208,11 @@ class Slot:
     # and whether an idle one waits to be measured before its next chunk.
     mem_at: float = math.inf
     mem_check: bool = False
+    rss: int | None = None  # the latest reading between chunks
+    # What the latest chunk started from: its job, size, and the reading then.
+    sent_job: Job | None = None
+    sent_len: int = 0
+    sent_rss: int | None = None
 
 
 class Job:
@@ -242,6 +250,9 @@ class Job:
         self.closed = False
         self.item_time: float | None = None
         self.item_bytes: float | None = None
+        # Pools with a memory limit: the most a chunk of this map has added
+        # to its worker's memory, per item (bytes), once measured.
+        self.mem_growth: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -505,8 +516,6 @@ class Scheduler:
     def _chunksize(self, job: Job, *, cap_by_total: bool = True) -> int:
         if job.config.chunksize is not None:
             return job.config.chunksize
-        if self.memory_limit is not None:
-            return 1  # measured between any two items (see the module docstring)
         if job.config.timeout is not None and not self._item_beacon:
             return 1
         if job.item_time is None:
@@ -566,6 +575,8 @@ class Scheduler:
     def _send_chunk(self, slot: Slot, job: Job, now: float, *, queue: bool = False) -> None:
         run = job.pending[0]
         size = 1 if run.solo else self._chunksize(job)
+        if self.memory_limit is not None and not queue:
+            size = min(size, self._memory_room(slot, job))
         if self._max_tasks is not None:
             size = min(size, max(1, self._max_tasks - self._tasks[slot.wid]))
         elif self._prefetch and size > FIRST_CHUNK_ITEMS and self._may_prefetch(job):
@@ -615,6 +626,7 @@ class Scheduler:
             slot.poll_at = now + POLL_SECONDS if message.timed and size > 1 else math.inf
             if self.memory_limit is not None:
                 slot.mem_at = now + MEMORY_POLL_SECONDS
+                slot.sent_job, slot.sent_len, slot.sent_rss = job, size, slot.rss
         job.running += size
         self._commands.append(Send(slot.wid, payload))
 
@@ -898,6 +910,17 @@ class Scheduler:
         self._dispatch(now)
 
     # ---------------------------------------------------------------- memory
+    def _memory_room(self, slot: Slot, job: Job) -> int:
+        """How many items of ``job`` worker ``slot`` may run before it is measured again."""
+        assert self.memory_limit is not None
+        growth = job.mem_growth
+        if growth is None or slot.rss is None:
+            return 1  # nothing measured yet: one item, then look
+        if growth <= 0:
+            return MAX_CHUNK_ITEMS
+        room = (RECYCLE_FRACTION * self.memory_limit - slot.rss) / growth
+        return max(1, min(MAX_CHUNK_ITEMS, int(room)))
+
     def memory_due(self, now: float) -> list[int]:
         """Workers whose resident memory ``on_memory`` wants now.
 
@@ -911,6 +934,16 @@ class Scheduler:
             for slot in self.slots.values()
             if (slot.mem_at <= now if slot.chunk is not None else slot.mem_check)
         ]
+
+    @staticmethod
+    def _measured(slot: Slot, rss: int | None) -> None:
+        """A reading between chunks: learn what the last chunk added per item."""
+        job, before = slot.sent_job, slot.sent_rss
+        slot.rss, slot.sent_job = rss, None
+        if rss is None or job is None or before is None or slot.sent_len <= 0:
+            return
+        growth = max(0, rss - before) / slot.sent_len
+        job.mem_growth = growth if job.mem_growth is None else max(job.mem_growth, growth)
 
     def on_memory(self, readings: Mapping[int, int | None], now: float) -> None:
         """Resident memory of workers, in bytes (``None``: could not be read).
@@ -931,6 +964,7 @@ class Scheduler:
             if chunk is None:
                 if slot.mem_check:
                     slot.mem_check = False
+                    self._measured(slot, rss)
                     if rss is not None and rss > RECYCLE_FRACTION * limit:
                         self.recycled += 1
                         self._remove_slot(slot, Retire(wid))
@@ -939,7 +973,15 @@ class Scheduler:
             if rss is None or rss <= limit or not slot.ready:
                 continue
             # The Kill is only queued: the beacon still says which item ran.
+            reading = self._beacon(wid)
+            started = reading[0] if reading is not None else slot.reported
             self._remove_slot(slot, Kill(wid))
+            if started - (slot.reported - chunk.done) > 1:
+                # Not the first item since the worker was last measured: the
+                # items before it may have left the memory. Each runs again
+                # alone, on a measured worker, so that only a real culprit fails.
+                self._requeue(chunk, chunk.done, len(chunk.args), solo=True)
+                continue
             self._blame(chunk, slot, partial(WorkerMemoryError, limit=limit, rss=rss))
         self._dispatch(now)
 
