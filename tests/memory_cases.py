@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from parmap import MapResult, Pool, WorkerMemoryError, apmap, imap, pmap
+from parmap import MapResult, Pool, WorkerMemoryError, apmap, imap, parallel, pmap
 
 from .procs import running_children, wait_ended
 
@@ -38,6 +38,12 @@ def touch(mb: int) -> tuple[int, int]:
     for i in range(0, len(block), PAGE):
         block[i] = 1
     return mb, os.getpid()
+
+
+@parallel(workers=2, max_memory_per_worker=LIMIT, on_error="collect")
+def touch_decorated(mb: int) -> tuple[int, int]:
+    """``touch`` under ``@parallel`` with the limit as a decorator default."""
+    return touch(mb)
 
 
 def leak(i: int) -> int:
@@ -97,6 +103,11 @@ def big(method: str, api: str, timeout: str) -> dict[str, Any]:
         res = pmap(touch, SIZES, **options)
     elif api == "apmap":
         res = asyncio.run(apmap(touch, SIZES, **options))
+    elif api == "decorated":
+        method_only: dict[str, Any] = {"start_method": method}
+        if "timeout" in options:
+            method_only["timeout"] = options["timeout"]
+        res = touch_decorated.pmap(SIZES, **method_only)
     elif api == "imap":
         outcomes = sorted(imap(touch, SIZES, **options), key=lambda o: o.index)
         errors = {o.index: o.error for o in outcomes if o.error is not None}

@@ -255,6 +255,8 @@ def check_big(outcome: dict[str, Any]) -> None:
         ("fork", "imap", "none"),
         ("fork", "apmap", "none"),
         ("fork", "pool", "30"),
+        ("fork", "decorated", "none"),
+        ("spawn", "decorated", "30"),
         ("spawn", "pmap", "none"),
         ("spawn", "apmap", "30"),
         ("forkserver", "pmap", "30"),
@@ -459,13 +461,18 @@ def test_random_readings_keep_every_promise(
 ) -> None:
     """Items keep memory (MB) and may peak above it while they run; readings come
     as the engine takes them. Every input gets one outcome; a memory error names
-    a reading over the limit; only idle workers over 75% are retired; a worker
-    waiting to be measured gets nothing; none holds two chunks."""
+    a reading over the limit and no bystander; only idle workers over 75% are
+    retired; an idle worker is measured before it gets more."""
     rng = random.Random(seed)
+    busy = rng.choice([1e-5, 0.001])  # fast items are sent ahead
     limit, base = 200 * MB, 20 * MB
     n = len(keeps)
     sched = Scheduler(
-        workers, encode=lambda m: m, beacon=lambda wid: beacon(wid), memory_limit=limit
+        workers,
+        encode=lambda m: m,
+        beacon=lambda wid: beacon(wid),
+        memory_limit=limit,
+        prefetch=True,
     )
     model: dict[int, _ModelWorker] = {}
     last_reading: dict[int, int] = {}
@@ -495,9 +502,10 @@ def test_random_readings_keep_every_promise(
                 model[cmd.wid] = _ModelWorker(base)
             elif isinstance(cmd, Send):
                 w = model[cmd.wid]
-                assert not w.chunk, "a worker was sent a chunk ahead of time"
-                assert not sched.slots[cmd.wid].mem_check, "sent before it was measured"
-                w.chunk = list(range(cmd.payload[3][0], cmd.payload[3][0] + len(cmd.payload[3])))  # type: ignore[index]
+                # An idle worker is measured first; a busy one may get its
+                # next chunk ahead (it runs its chunks in order).
+                assert w.chunk or not sched.slots[cmd.wid].mem_check, "sent before measured"
+                w.chunk += list(range(cmd.payload[3][0], cmd.payload[3][0] + len(cmd.payload[3])))  # type: ignore[index]
             elif isinstance(cmd, Retire):
                 assert not model[cmd.wid].chunk, "a busy worker was retired"
                 assert last_reading[cmd.wid] > 0.75 * limit or sched.closing
@@ -523,7 +531,7 @@ def test_random_readings_keep_every_promise(
             w.rss += keeps[item] * MB
             w.reported += 1
             now += 0.001
-            sched.on_batch(wid, [item * 2], None, 0.001, now)
+            sched.on_batch(wid, [item * 2], None, busy, now)
         else:
             now += rng.choice([0.005, MEMORY_POLL_SECONDS, 0.05])
             sched.on_time(now)
@@ -544,3 +552,22 @@ def test_random_readings_keep_every_promise(
             assert peaks[i % len(peaks)] == 300, f"input {i} failed as a bystander"
         else:
             assert outcome == i * 2
+
+
+@pytest.mark.parametrize(("kept_mb", "sent_ahead"), [(0, True), (40, False)])
+def test_fast_items_are_sent_ahead_only_while_their_growth_leaves_room(
+    kept_mb: int, sent_ahead: bool
+) -> None:
+    h = memory_harness(workers=1, prefetch=True)  # as the process backend says
+    h.job(list(range(20_000)), on_error="collect")
+    h.sched.on_ready(0)
+    rss = 30 * MB
+    for _ in range(3):
+        chunk = h.chunks[0]
+        h.now += 0.01
+        rss += kept_mb * MB * len(chunk) // max(1, len(chunk))  # kept_mb per chunk
+        h.report(0, list(chunk), per_item=1e-6)
+        if 0 not in h.chunks:  # idle: measured before its next chunk
+            h.sched.on_memory({0: min(rss, 140 * MB)}, h.now)
+            h.flush()
+    assert bool(h.queued.get(0)) == sent_ahead

@@ -42,11 +42,12 @@ and crash blame exact even though outcomes are batched.
 
 A pool with a memory limit reads its workers' memory in the parent, by
 deadlines it asks for like any other (``memory_due`` names the workers to
-read), so no thread samples anything. No chunk is sent ahead, so that a worker
-is idle, and measured, between chunks; and a chunk holds only as many items as
-the map's measured growth per item (memory after a chunk minus before, per
-item) lets the worker run before it would pass ``RECYCLE_FRACTION`` of the
-limit: one item at a time for a map that leaks, full chunks for one that
+read), so no thread samples anything. A worker that runs out of work is
+measured before it gets more; and it is sent only as many items, in its chunk
+and in one queued behind it, as the map's worst measured growth per item
+(memory after a run of chunks minus before, per item) lets it run from its
+latest reading before it would pass ``RECYCLE_FRACTION`` of the limit: one
+item at a time for a map that leaks, full chunks sent ahead for one that
 does not.
 
 Outcomes leave as *segments* ``(start, values, errors)`` covering contiguous
@@ -208,8 +209,10 @@ class Slot:
     # and whether an idle one waits to be measured before its next chunk.
     mem_at: float = math.inf
     mem_check: bool = False
-    rss: int | None = None  # the latest reading between chunks
-    # What the latest chunk started from: its job, size, and the reading then.
+    rss: int | None = None  # the latest reading, busy or idle
+    # Items started before the latest reading between chunks (or birth).
+    measured_count: int = 0
+    # What was sent since that reading: its job, how many items, from what.
     sent_job: Job | None = None
     sent_len: int = 0
     sent_rss: int | None = None
@@ -549,7 +552,7 @@ class Scheduler:
                 if job is None:
                     return
                 self._send_chunk(slot, job, now)
-        if not self._prefetch or self._max_tasks is not None or self.memory_limit is not None:
+        if not self._prefetch or self._max_tasks is not None:
             return
         for slot in list(self.slots.values()):
             chunk = slot.chunk
@@ -560,7 +563,11 @@ class Scheduler:
             job = self._next_job()
             if job is None:
                 return
-            if self._may_prefetch(job) and not job.pending[0].solo:
+            if (
+                self._may_prefetch(job)
+                and not job.pending[0].solo
+                and (self.memory_limit is None or self._memory_room(slot, job, queue=True))
+            ):
                 self._send_chunk(slot, job, now, queue=True)
 
     @staticmethod
@@ -575,8 +582,8 @@ class Scheduler:
     def _send_chunk(self, slot: Slot, job: Job, now: float, *, queue: bool = False) -> None:
         run = job.pending[0]
         size = 1 if run.solo else self._chunksize(job)
-        if self.memory_limit is not None and not queue:
-            size = min(size, self._memory_room(slot, job))
+        if self.memory_limit is not None:
+            size = min(size, self._memory_room(slot, job, queue=queue))
         if self._max_tasks is not None:
             size = min(size, max(1, self._max_tasks - self._tasks[slot.wid]))
         elif self._prefetch and size > FIRST_CHUNK_ITEMS and self._may_prefetch(job):
@@ -620,6 +627,9 @@ class Scheduler:
         if queue:
             slot.queued = Chunk(job, start, args, run.attempt)
             slot.queued_at = now
+            if slot.sent_job is not job:
+                slot.sent_job = None  # two maps' growth cannot be told apart
+            slot.sent_len += size
         else:
             slot.chunk = Chunk(job, start, args, run.attempt)
             slot.since = now
@@ -910,16 +920,24 @@ class Scheduler:
         self._dispatch(now)
 
     # ---------------------------------------------------------------- memory
-    def _memory_room(self, slot: Slot, job: Job) -> int:
-        """How many items of ``job`` worker ``slot`` may run before it is measured again."""
+    def _memory_room(self, slot: Slot, job: Job, *, queue: bool = False) -> int:
+        """How many items of ``job`` worker ``slot`` may run before it is measured again.
+
+        At the map's worst growth per item, from the latest reading, the
+        worker should stay below ``RECYCLE_FRACTION`` of the limit. An idle
+        worker always gets one item; a chunk queued behind the running one
+        (``queue``) must fit after what that one has left, or is not sent.
+        """
         assert self.memory_limit is not None
+        least = 0 if queue else 1
         growth = job.mem_growth
         if growth is None or slot.rss is None:
-            return 1  # nothing measured yet: one item, then look
+            return least  # nothing measured yet: one item, then look
         if growth <= 0:
             return MAX_CHUNK_ITEMS
-        room = (RECYCLE_FRACTION * self.memory_limit - slot.rss) / growth
-        return max(1, min(MAX_CHUNK_ITEMS, int(room)))
+        ahead = len(slot.chunk.args) - slot.chunk.done if queue and slot.chunk else 0
+        room = int((RECYCLE_FRACTION * self.memory_limit - slot.rss) / growth) - ahead
+        return max(least, min(MAX_CHUNK_ITEMS, room))
 
     def memory_due(self, now: float) -> list[int]:
         """Workers whose resident memory ``on_memory`` wants now.
@@ -939,7 +957,7 @@ class Scheduler:
     def _measured(slot: Slot, rss: int | None) -> None:
         """A reading between chunks: learn what the last chunk added per item."""
         job, before = slot.sent_job, slot.sent_rss
-        slot.rss, slot.sent_job = rss, None
+        slot.rss, slot.sent_job, slot.measured_count = rss, None, slot.reported
         if rss is None or job is None or before is None or slot.sent_len <= 0:
             return
         growth = max(0, rss - before) / slot.sent_len
@@ -970,13 +988,15 @@ class Scheduler:
                         self._remove_slot(slot, Retire(wid))
                 continue
             slot.mem_at = now + MEMORY_POLL_SECONDS
+            if rss is not None:
+                slot.rss = rss
             if rss is None or rss <= limit or not slot.ready:
                 continue
             # The Kill is only queued: the beacon still says which item ran.
             reading = self._beacon(wid)
             started = reading[0] if reading is not None else slot.reported
             self._remove_slot(slot, Kill(wid))
-            if started - (slot.reported - chunk.done) > 1:
+            if started > slot.measured_count + 1:
                 # Not the first item since the worker was last measured: the
                 # items before it may have left the memory. Each runs again
                 # alone, on a measured worker, so that only a real culprit fails.
