@@ -119,9 +119,19 @@ def big(method: str, api: str, timeout: str) -> dict[str, Any]:
     return describe(res)
 
 
-def leaky(method: str) -> dict[str, Any]:
+def leaky(method: str, api: str = "pmap", timeout: str = "none") -> dict[str, Any]:
     """100 items that each keep 20 MB: none may fail; workers are recycled."""
-    res = pmap(leak, range(100), workers=2, start_method=method, max_memory_per_worker=LIMIT)
+    options: dict[str, Any] = {
+        "workers": 2,
+        "start_method": method,
+        "max_memory_per_worker": LIMIT,
+    }
+    if timeout != "none":
+        options["timeout"] = float(timeout)
+    if api == "apmap":
+        res = asyncio.run(apmap(leak, range(100), **options))
+    else:
+        res = pmap(leak, range(100), **options)
     return {"failed": len(res.errors), "pids": sorted(set(res.values)), "count": len(res)}
 
 

@@ -268,9 +268,12 @@ def test_exactly_the_big_items_fail_with_worker_memory_error(
     check_big(run_case("big", method, api, timeout))
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_a_leaky_task_runs_forever_on_recycled_workers(method: str) -> None:
-    outcome = run_case("leaky", method)
+@pytest.mark.parametrize(
+    ("method", "api", "timeout"),
+    [("fork", "pmap", "none"), ("spawn", "pmap", "none"), ("fork", "apmap", "30")],
+)
+def test_a_leaky_task_runs_forever_on_recycled_workers(method: str, api: str, timeout: str) -> None:
+    outcome = run_case("leaky", method, api, timeout)
     assert outcome["failed"] == 0 and outcome["count"] == 100
     # 20 MB per item and 150 MB (75% of 200 MB) to recycle at: a worker runs
     # at most about 8 items, so 100 items need many more than 2 workers.
