@@ -472,6 +472,31 @@ def bench_throughput_timeout(ctx: Ctx) -> None:
         ctx.notes.append("pebble is not installed: the ≥ 10x pebble target was not judged.")
 
 
+def bench_throughput_memory(ctx: Ctx) -> None:
+    """The x*x map again under max_memory_per_worker: cost of reading memory."""
+    s = ctx.sizes
+    n = s.xx_items
+    xs = list(range(n))
+    wl = f"{n:,} calls of x*x, max_memory_per_worker=1GB"
+    runs: dict[str, tuple[Callable[[], Any], int]] = {}
+    with contextlib.ExitStack() as stack:
+        limited = stack.enter_context(parmap.Pool(workers=WORKERS, max_memory_per_worker="1GB"))
+        plain = stack.enter_context(parmap.Pool(workers=WORKERS))
+        runs["parmap"] = (lambda: limited.pmap(_tasks.square, xs), n)
+        runs["parmap no limit"] = (lambda: plain.pmap(_tasks.square, xs), n)
+        rates = square_rates(runs, s.rounds)
+    ctx.raw["throughput_memory"] = rates
+    vs_plain = ratios(rates["parmap"], rates["parmap no limit"])
+    ctx.row(
+        wl,
+        "items/s (warm pool)",
+        f"{fmt_rate(median(rates['parmap']))} ({median(vs_plain):.2f}x no limit)",
+        "≥ 0.7x parmap without the limit",
+        judged(median(vs_plain) >= 0.7),
+        reference=f"no limit: {fmt_rate(median(rates['parmap no limit']))}",
+    )
+
+
 def bench_cpu(ctx: Ctx) -> None:
     """40 CPU-bound tasks of ~50 ms: speedup over a serial loop."""
     s = ctx.sizes
@@ -1120,6 +1145,7 @@ def bench_checkpoint(ctx: Ctx) -> None:
 WORKLOADS: dict[str, Callable[[Ctx], None]] = {
     "throughput": bench_throughput,
     "throughput_timeout": bench_throughput_timeout,
+    "throughput_memory": bench_throughput_memory,
     "cpu": bench_cpu,
     "memory": bench_memory,
     "latency": bench_latency,

@@ -548,3 +548,16 @@ def test_soak_ten_thousand_futures_keeps_descriptors_and_memory_flat() -> None:
 @pytest.mark.timeout(600)
 def test_soak_large() -> None:
     _soak(rounds=10, per_round=50_000)
+
+
+def test_a_task_over_the_memory_limit_fails_only_its_future() -> None:
+    from parmap import WorkerMemoryError
+
+    from . import memory_cases
+
+    with Executor(workers=1, max_memory_per_worker="200MB") as ex:
+        big = ex.submit(memory_cases.touch, 400)
+        small = ex.submit(memory_cases.touch, 10)
+        with pytest.raises(WorkerMemoryError):
+            big.result(timeout=60)
+        assert small.result(timeout=60) is not None

@@ -20,6 +20,7 @@ DOCUMENTED = {
     "Outcome",
     "TaskTimeoutError",
     "WorkerCrashedError",
+    "WorkerMemoryError",
     "RemoteError",
 }
 

@@ -10,7 +10,17 @@ from collections.abc import AsyncGenerator, Generator, Iterator
 from concurrent.futures import Future
 from typing import assert_type
 
-from parmap import Executor, MapResult, Outcome, Pool, imap, parallel, pmap
+from parmap import (
+    Executor,
+    MapResult,
+    Outcome,
+    Pool,
+    WorkerCrashedError,
+    WorkerMemoryError,
+    imap,
+    parallel,
+    pmap,
+)
 from parmap._api import ParallelFunction
 
 
@@ -53,3 +63,13 @@ def check_types() -> None:
         assert_type(ex.map(_length, ["a"], chunksize=2, buffersize=4), Iterator[int])
         ex.submit(_length, 3)  # type: ignore[arg-type]
     assert_type(res.resumed, int)
+    # max_memory_per_worker takes bytes or a size string, everywhere.
+    with Pool(workers=1, max_memory_per_worker="512MB") as pool:
+        assert_type(pool.pmap(_length, ["a"]), MapResult[int])
+    assert_type(pmap(_length, ["a"], max_memory_per_worker=1 << 30), MapResult[int])
+    error = res.errors.get(0)
+    if isinstance(error, WorkerMemoryError):
+        crashed: WorkerCrashedError = error
+        assert_type(crashed.index, int)
+        assert_type(error.limit, int)
+        assert_type(error.rss, int)

@@ -16,6 +16,7 @@ from ._results import Outcome as Outcome
 from ._results import RemoteError as RemoteError
 from ._results import TaskTimeoutError as TaskTimeoutError
 from ._results import WorkerCrashedError as WorkerCrashedError
+from ._results import WorkerMemoryError as WorkerMemoryError
 
 __version__ = "1.0.0"
 
@@ -27,6 +28,7 @@ __all__ = (
     "RemoteError",
     "TaskTimeoutError",
     "WorkerCrashedError",
+    "WorkerMemoryError",
     "aimap",
     "apmap",
     "imap",

@@ -24,6 +24,7 @@ from typing import IO, Any, NoReturn, get_args
 
 from . import Outcome, RemoteError, __version__, imap, pmap
 from ._checkpoint import CheckpointError
+from ._memory import parse_size
 from ._options import Defaults, OnError
 
 EXIT_OK = 0
@@ -236,6 +237,16 @@ def _checked(name: str, kind: type[int] | type[float]) -> Callable[[str], Any]:
     return parse
 
 
+def _checked_size(text: str) -> int:
+    """An argparse type for ``--max-memory-per-worker``: bytes or a size such as 512MB."""
+    try:
+        size = parse_size(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert size is not None
+    return size
+
+
 def _add_pool_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start-method",
@@ -299,6 +310,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         metavar="CHECKPOINT",
         help="record finished lines in this SQLite file; run again to resume (trusted files only)",
+    )
+    run.add_argument(
+        "--max-memory-per-worker",
+        type=_checked_size,
+        metavar="SIZE",
+        help="kill a worker whose item takes it over this resident memory, e.g. 512MB or 2GiB "
+        "(its item fails); recycle one above 75%% of it between items",
     )
     _add_pool_arguments(run)
     run.set_defaults(handler=_run)
@@ -382,7 +400,14 @@ def _run(args: argparse.Namespace) -> int:
 def _run_to(args: argparse.Namespace, out_stream: IO[str]) -> int:
     fn = _load_function(args.target)
     options = _common_options(args)
-    for name in ("workers", "timeout", "retries", "chunksize", "checkpoint"):
+    for name in (
+        "workers",
+        "timeout",
+        "retries",
+        "chunksize",
+        "checkpoint",
+        "max_memory_per_worker",
+    ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     # The map always collects; "raise" is applied here, as stopping after the

@@ -36,6 +36,7 @@ from typing import Any
 
 from ._backends.base import Backend, Waitable
 from ._loopwatch import ReaderWatch, ThreadWatch, fd_of, make_watch
+from ._memory import Gauge
 from ._options import PoolConfig
 from ._scheduler import Job, Kill, Retire, Scheduler, Send, Spawn
 
@@ -83,6 +84,14 @@ class Engine:
             can_kill=self.backend.can_kill,
             prefetch=getattr(self.backend, "prefetch", False),
             backlogged=self.backend.backlogged,
+            memory_limit=config.memory_limit,
+        )
+        # Pools with max_memory_per_worker: the parent reads its workers'
+        # memory when the scheduler asks (see ``_check_memory``).
+        self._gauge = (
+            None
+            if config.memory_limit is None
+            else Gauge(forked=getattr(self.backend, "start_method", None) == "fork")
         )
         self.backend.on_discard = self._on_discard
         # Waitables discarded while one wait's ready list is being handled:
@@ -111,11 +120,15 @@ class Engine:
     def execute(self) -> None:
         """Carry out what the scheduler asked for."""
         sched, backend = self.sched, self.backend
+        if self._gauge is not None:
+            self._check_memory()
         while commands := sched.take_commands():
             for cmd in commands:
                 if isinstance(cmd, Send):
                     backend.send(cmd.wid, cmd.payload)
                 elif isinstance(cmd, Spawn):
+                    if self._gauge is not None:
+                        self._gauge.spawned(cmd.wid)
                     try:
                         backend.spawn(cmd.wid)
                     except Exception as exc:
@@ -127,6 +140,17 @@ class Engine:
         if self._watch is not None:
             self._watch.update(self.backend.waitables(), self.backend.writables())
             self._schedule_timer()
+
+    def _check_memory(self) -> None:
+        # Called on every step of either driver, after the event that may
+        # have made a reading due (a deadline, a finished item).
+        gauge, sched = self._gauge, self.sched
+        assert gauge is not None
+        pid_of = getattr(self.backend, "pid", None)
+        now = time.monotonic()
+        due = sched.memory_due(now)
+        if due and pid_of is not None:
+            sched.on_memory({wid: gauge.read(wid, pid_of(wid)) for wid in due}, now)
 
     def check_open(self) -> None:
         """Raise if this pool cannot take new maps."""

@@ -301,6 +301,7 @@ class Executor(cf.Executor):
         ignore_signals: bool = True,
         start_method: StartMethod | None = None,
         max_tasks_per_worker: int | None = None,
+        max_memory_per_worker: int | str | None = None,
         backend: Any = "process",
         max_workers: int | None = None,
         mp_context: BaseContext | None = None,
@@ -323,6 +324,7 @@ class Executor(cf.Executor):
             ignore_signals=ignore_signals,
             start_method=_start_method(start_method, mp_context, backend),
             max_tasks_per_worker=max_tasks_per_worker,
+            max_memory_per_worker=max_memory_per_worker,
             backend=backend,
         )
         # A batch goes to one worker as one chunk, so its outcomes come in order.

@@ -16,6 +16,8 @@ from typing import Any, Literal, TypedDict
 
 from typing_extensions import Unpack
 
+from ._memory import parse_size, rss_supported
+
 OnError = Literal["raise", "collect"]
 StartMethod = Literal["fork", "spawn", "forkserver"]
 
@@ -43,6 +45,7 @@ class PoolOptions(TypedDict, total=False):
     ignore_signals: bool
     start_method: StartMethod | None
     max_tasks_per_worker: int | None
+    max_memory_per_worker: int | str | None
     backend: Any
 
 
@@ -139,6 +142,8 @@ class PoolConfig:
     ignore_signals: bool = True
     start_method: StartMethod | None = None
     max_tasks_per_worker: int | None = None
+    #: Bytes (a string such as "512MB" is parsed into them when validated).
+    max_memory_per_worker: int | str | None = None
     backend: Any = "process"
     resolved_workers: int = field(init=False, default=0, compare=False)
 
@@ -173,6 +178,31 @@ class PoolConfig:
                 "backend must be 'process', 'thread', 'serial', a "
                 f"concurrent.futures.Executor or a dask Client, got {backend!r}"
             )
+        self._check_memory_limit()
+
+    def _check_memory_limit(self) -> None:
+        limit = parse_size(self.max_memory_per_worker)
+        object.__setattr__(self, "max_memory_per_worker", limit)
+        if limit is None:
+            return
+        if not (isinstance(self.backend, str) and self.backend == "process"):
+            # Only worker processes can be measured and killed one by one.
+            raise ValueError(
+                "max_memory_per_worker needs the process backend (its workers can be "
+                f"measured and killed), got backend={self.backend!r}"
+            )
+        if not rss_supported():
+            raise ValueError(
+                "max_memory_per_worker needs /proc (Linux) or psutil to read the "
+                "workers' memory; neither is available here"
+            )
+
+    @property
+    def memory_limit(self) -> int | None:
+        """``max_memory_per_worker`` in bytes."""
+        limit = self.max_memory_per_worker
+        assert not isinstance(limit, str)  # parsed by __post_init__
+        return limit
 
 
 MAP_OPTIONS = frozenset(f.name for f in fields(MapConfig))

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
+from ._memory import format_size
+
 T = TypeVar("T")
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "RemoteError",
     "TaskTimeoutError",
     "WorkerCrashedError",
+    "WorkerMemoryError",
 ]
 
 
@@ -51,10 +54,13 @@ class WorkerCrashedError(RuntimeError):
     that killed the process, also available as ``signal``.
     """
 
-    def __init__(self, index: int, exitcode: int | None) -> None:
+    def __init__(self, index: int, exitcode: int | None, hint: str | None = None) -> None:
         self.index = index
         self.exitcode = exitcode
-        super().__init__(f"the worker running item {index} died ({describe_exit(exitcode)})")
+        #: Why it probably died, when parmap can tell (e.g. the OOM killer).
+        self.hint = hint
+        message = f"the worker running item {index} died ({describe_exit(exitcode)})"
+        super().__init__(f"{message}; {hint}" if hint else message)
 
     @property
     def signal(self) -> signal.Signals | None:
@@ -67,7 +73,27 @@ class WorkerCrashedError(RuntimeError):
         return None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.index, self.exitcode))
+        return (type(self), (self.index, self.exitcode, self.hint))
+
+
+class WorkerMemoryError(WorkerCrashedError):
+    """An item's worker went over ``max_memory_per_worker`` and was killed.
+
+    ``limit`` is the option in bytes, ``rss`` the resident memory read when
+    the worker was found over it. The worker was replaced; other items go on.
+    """
+
+    def __init__(self, index: int, limit: int, rss: int) -> None:
+        super().__init__(index, -signal.SIGKILL)
+        self.limit = limit
+        self.rss = rss
+        self.args = (
+            f"the worker running item {index} used {format_size(rss)} of resident memory, "
+            f"over max_memory_per_worker ({format_size(limit)}); it was killed and replaced",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.index, self.limit, self.rss))
 
 
 class RemoteError(Exception):

@@ -26,6 +26,11 @@ event                  what the scheduler does
                        chunk is pending again; a replacement is spawned.
 ``cancel``             the consumer went away: the job's workers are
                        killed and replaced; its pending inputs dropped.
+``on_memory``          resident memory readings (pools with
+                       ``max_memory_per_worker``): a busy worker over the
+                       limit is killed, its item fails with
+                       ``WorkerMemoryError``; an idle one over 75% of it is
+                       retired and replaced.
 =====================  ==================================================
 
 Work moves in *runs* (contiguous inputs) and *chunks* (the slice of a run sent
@@ -37,6 +42,16 @@ the worker's *beacon* (a few shared numbers the driver reads for us): that is
 what keeps deadlines per item (never early, at most a few milliseconds late)
 and crash blame exact even though outcomes are batched.
 
+A pool with a memory limit reads its workers' memory in the parent, by
+deadlines it asks for like any other (``memory_due`` names the workers to
+read), so no thread samples anything. A worker that runs out of work is
+measured before it gets more; and it is sent only as many items, in its chunk
+and in one queued behind it, as the map's worst measured growth per item
+(memory after a run of chunks minus before, per item) lets it run from its
+latest reading before it would pass ``RECYCLE_FRACTION`` of the limit: one
+item at a time for a map that leaks, full chunks sent ahead for one that
+does not.
+
 Outcomes leave as *segments* ``(start, values, errors)`` covering contiguous
 input indexes; each input index is covered by exactly one segment.
 """
@@ -45,13 +60,20 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pickle import PicklingError
 from typing import Any
 
 from ._options import MapConfig
-from ._results import TaskTimeoutError, WorkerCrashedError, add_note, mark_index
+from ._results import (
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerMemoryError,
+    add_note,
+    mark_index,
+)
 from ._wire import Encoded
 
 #: Aim for chunks that keep a worker busy this long: long enough to make the
@@ -91,6 +113,13 @@ RECHECK_SECONDS = 0.02
 #: least this often: when the beacon cannot give an item's start time, the
 #: first time we saw it running bounds it instead.
 POLL_SECONDS = 0.02
+#: How often a busy worker's resident memory is read in a pool with
+#: ``max_memory_per_worker``: a worker over it is killed this long after
+#: crossing it at most (plus the time to act on a reading).
+MEMORY_POLL_SECONDS = 0.02
+#: An idle worker above this share of the memory limit is retired: its next
+#: item would likely take it over.
+RECYCLE_FRACTION = 0.75
 
 BeaconReading = tuple[int, float | None] | None
 """What a worker's beacon says: items started since birth, and a time by which
@@ -192,6 +221,17 @@ class Slot:
     # Jobs whose function this worker holds, oldest first: a mirror of the
     # worker's own cache, which forgets the oldest beyond FUNCTION_CACHE.
     sent_jobs: dict[int, None] = field(default_factory=dict)
+    # Pools with a memory limit: when to read a busy worker's memory next,
+    # and whether an idle one waits to be measured before its next chunk.
+    mem_at: float = math.inf
+    mem_check: bool = False
+    rss: int | None = None  # the latest reading, busy or idle
+    # Items started before the latest reading between chunks (or birth).
+    measured_count: int = 0
+    # What was sent since that reading: its job, how many items, from what.
+    sent_job: Job | None = None
+    sent_len: int = 0
+    sent_rss: int | None = None
 
 
 class Job:
@@ -235,6 +275,9 @@ class Job:
         self.journal: deque[Segment] | None = None
         self.alarm: float | None = None
         self.resumed = 0
+        # Pools with a memory limit: the most a chunk of this map has added
+        # to its worker's memory, per item (bytes), once measured.
+        self.mem_growth: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -310,6 +353,7 @@ class Scheduler:
         can_kill: bool = True,
         prefetch: bool = False,
         backlogged: Callable[[int], bool] = lambda wid: False,
+        memory_limit: int | None = None,
     ) -> None:
         self.workers = workers
         self._encode = encode
@@ -335,6 +379,9 @@ class Scheduler:
         # Whether a worker still has so much to read that it should not be
         # sent a chunk ahead of time (the backend's write flow control).
         self._backlogged = backlogged
+        # max_memory_per_worker in bytes; workers retired for memory so far.
+        self.memory_limit = memory_limit
+        self.recycled = 0
 
     # ----------------------------------------------------------------- helpers
     def take_commands(self) -> list[Command]:
@@ -549,7 +596,7 @@ class Scheduler:
         for slot in list(self.slots.values()):
             # A chunk that fails to pickle leaves the worker idle: try again
             # (in a loop, not by recursion: thousands may fail in a row).
-            while slot.chunk is None and slot.wid in self.slots:
+            while slot.chunk is None and not slot.mem_check and slot.wid in self.slots:
                 job = self._next_job()
                 if job is None:
                     return
@@ -565,7 +612,11 @@ class Scheduler:
             job = self._next_job()
             if job is None:
                 return
-            if self._may_prefetch(job) and not job.pending[0].solo:
+            if (
+                self._may_prefetch(job)
+                and not job.pending[0].solo
+                and (self.memory_limit is None or self._memory_room(slot, job, queue=True))
+            ):
                 self._send_chunk(slot, job, now, queue=True)
 
     @staticmethod
@@ -580,6 +631,8 @@ class Scheduler:
     def _send_chunk(self, slot: Slot, job: Job, now: float, *, queue: bool = False) -> None:
         run = job.pending[0]
         size = 1 if run.solo else self._chunksize(job)
+        if self.memory_limit is not None:
+            size = min(size, self._memory_room(slot, job, queue=queue))
         if self._max_tasks is not None:
             size = min(size, max(1, self._max_tasks - self._tasks[slot.wid]))
         elif self._prefetch and size > FIRST_CHUNK_ITEMS and self._may_prefetch(job):
@@ -623,10 +676,16 @@ class Scheduler:
         if queue:
             slot.queued = Chunk(job, start, args, run.attempt)
             slot.queued_at = now
+            if slot.sent_job is not job:
+                slot.sent_job = None  # two maps' growth cannot be told apart
+            slot.sent_len += size
         else:
             slot.chunk = Chunk(job, start, args, run.attempt)
             slot.since = now
             slot.poll_at = now + POLL_SECONDS if message.timed and size > 1 else math.inf
+            if self.memory_limit is not None:
+                slot.mem_at = now + MEMORY_POLL_SECONDS
+                slot.sent_job, slot.sent_len, slot.sent_rss = job, size, slot.rss
         job.running += size
         self._commands.append(Send(slot.wid, payload))
 
@@ -715,6 +774,8 @@ class Scheduler:
             # The worker went on to it as soon as it finished this one, maybe
             # well before now: only its sending time bounds its start.
             slot.since = slot.queued_at
+            if self.memory_limit is not None and slot.chunk is None:
+                slot.mem_check, slot.mem_at = True, math.inf
         if not job.closed:
             estimate = busy / count
             job.item_time = (
@@ -795,8 +856,12 @@ class Scheduler:
             self._requeue(chunk, chunk.done, len(chunk.args), solo=True)
         self._dispatch(now)
 
-    def on_exit(self, wid: int, exitcode: int | None, now: float) -> None:
-        """Worker ``wid`` died (its outcomes were all read before this call)."""
+    def on_exit(self, wid: int, exitcode: int | None, now: float, hint: str | None = None) -> None:
+        """Worker ``wid`` died (its outcomes were all read before this call).
+
+        ``hint`` is the backend's guess at why, for the item's error (e.g. the
+        OOM killer, for a SIGKILL that parmap did not send).
+        """
         slot = self.slots.get(wid)
         if slot is None:
             return
@@ -817,10 +882,10 @@ class Scheduler:
             )
             return
         if chunk is not None:
-            self._blame(chunk, slot, WorkerCrashedError, exitcode)
+            self._blame(chunk, slot, lambda index: WorkerCrashedError(index, exitcode, hint))
         self._dispatch(now)
 
-    def _blame(self, chunk: Chunk, slot: Slot, kind: type, detail: Any) -> None:
+    def _blame(self, chunk: Chunk, slot: Slot, make: Callable[[int], BaseException]) -> None:
         """Fail the item of ``chunk`` that was running when the worker died."""
         reading = self._beacon(slot.wid)
         started = reading[0] if reading is not None else slot.reported
@@ -838,7 +903,7 @@ class Scheduler:
                 return
         self._requeue(chunk, pos + 1, len(chunk.args))
         index = chunk.start + pos
-        error = kind(index, detail)
+        error = make(index)
         self._fail(chunk.job, index, chunk.attempt, chunk.args[pos], error, task_raised=False)
         # Items before the culprit finished but their outcomes died with the
         # worker: run them again.
@@ -846,13 +911,16 @@ class Scheduler:
 
     # ------------------------------------------------------------------ time
     def next_deadline(self) -> float | None:
-        """When ``on_time`` must be called next (or a job's alarm rings), or ``None``."""
+        """When ``on_time`` must be called next (a deadline, a memory reading, a job's
+        alarm), or ``None``."""
         best: float | None = None
         for job in self.jobs:
             if job.alarm is not None and (best is None or job.alarm < best):
                 best = job.alarm
         for slot in self.slots.values():
             chunk = slot.chunk
+            if chunk is not None and slot.mem_at < (best if best is not None else math.inf):
+                best = slot.mem_at
             if chunk is not None and chunk.job.config.timeout is not None:
                 deadline = min(slot.since + chunk.job.config.timeout, slot.poll_at)
                 if best is None or deadline < best:
@@ -905,6 +973,92 @@ class Scheduler:
                 task_raised=False,
             )
             self._requeue(chunk, chunk.done, pos)
+        self._dispatch(now)
+
+    # ---------------------------------------------------------------- memory
+    def _memory_room(self, slot: Slot, job: Job, *, queue: bool = False) -> int:
+        """How many items of ``job`` worker ``slot`` may run before it is measured again.
+
+        At the map's worst growth per item, from the latest reading, the
+        worker should stay below ``RECYCLE_FRACTION`` of the limit. An idle
+        worker always gets one item; a chunk queued behind the running one
+        (``queue``) must fit after what that one has left, or is not sent.
+        """
+        assert self.memory_limit is not None
+        least = 0 if queue else 1
+        growth = job.mem_growth
+        if growth is None or slot.rss is None:
+            return least  # nothing measured yet: one item, then look
+        if growth <= 0:
+            return MAX_CHUNK_ITEMS
+        ahead = len(slot.chunk.args) - slot.chunk.done if queue and slot.chunk else 0
+        room = int((RECYCLE_FRACTION * self.memory_limit - slot.rss) / growth) - ahead
+        return max(least, min(MAX_CHUNK_ITEMS, room))
+
+    def memory_due(self, now: float) -> list[int]:
+        """Workers whose resident memory ``on_memory`` wants now.
+
+        Busy workers whose reading is due, and idle ones that just finished an
+        item; empty for a pool without ``max_memory_per_worker``.
+        """
+        if self.memory_limit is None:
+            return []
+        return [
+            slot.wid
+            for slot in self.slots.values()
+            if (slot.mem_at <= now if slot.chunk is not None else slot.mem_check)
+        ]
+
+    @staticmethod
+    def _measured(slot: Slot, rss: int | None) -> None:
+        """A reading between chunks: learn what the last chunk added per item."""
+        job, before = slot.sent_job, slot.sent_rss
+        slot.rss, slot.sent_job, slot.measured_count = rss, None, slot.reported
+        if rss is None or job is None or before is None or slot.sent_len <= 0:
+            return
+        growth = max(0, rss - before) / slot.sent_len
+        job.mem_growth = growth if job.mem_growth is None else max(job.mem_growth, growth)
+
+    def on_memory(self, readings: Mapping[int, int | None], now: float) -> None:
+        """Resident memory of workers, in bytes (``None``: could not be read).
+
+        A busy worker over the limit is killed and its item fails with
+        ``WorkerMemoryError``; an idle worker above ``RECYCLE_FRACTION`` of it
+        is retired and replaced, so that no item fails.
+        """
+        self._now = now
+        limit = self.memory_limit
+        if limit is None:
+            return
+        for wid, rss in readings.items():
+            slot = self.slots.get(wid)
+            if slot is None:
+                continue
+            chunk = slot.chunk
+            if chunk is None:
+                if slot.mem_check:
+                    slot.mem_check = False
+                    self._measured(slot, rss)
+                    if rss is not None and rss > RECYCLE_FRACTION * limit:
+                        self.recycled += 1
+                        self._remove_slot(slot, Retire(wid))
+                continue
+            slot.mem_at = now + MEMORY_POLL_SECONDS
+            if rss is not None:
+                slot.rss = rss
+            if rss is None or rss <= limit or not slot.ready:
+                continue
+            # The Kill is only queued: the beacon still says which item ran.
+            reading = self._beacon(wid)
+            started = reading[0] if reading is not None else slot.reported
+            self._remove_slot(slot, Kill(wid))
+            if started > slot.measured_count + 1:
+                # Not the first item since the worker was last measured: the
+                # items before it may have left the memory. Each runs again
+                # alone, on a measured worker, so that only a real culprit fails.
+                self._requeue(chunk, chunk.done, len(chunk.args), solo=True)
+                continue
+            self._blame(chunk, slot, partial(WorkerMemoryError, limit=limit, rss=rss))
         self._dispatch(now)
 
     # ---------------------------------------------------------------- closing

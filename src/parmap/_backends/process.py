@@ -25,6 +25,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, cast
 
 from .. import _shm, _sockio
+from .._memory import OomWatch
 from .._options import PoolConfig
 from .._results import rebuild_error
 from .._scheduler import BeaconReading, Scheduler
@@ -43,6 +44,8 @@ from .base import Waitable
 
 #: How long an idle worker gets to exit after being told to stop.
 RETIRE_GRACE = 2.0
+#: How long a process whose sentinel fired gets to become reapable.
+EXIT_GRACE = 0.1
 #: How long we wait for the kernel to reap a SIGKILLed process.
 KILL_REAP_TIMEOUT = 10.0
 #: Outbox levels (bytes) between which a worker counts as backlogged.
@@ -104,6 +107,7 @@ class ProcessBackend:
         # Buffers each running map already put in shared memory.
         self._broadcasts: dict[int, _shm.Broadcast] = {}
         self.on_discard: Callable[[list[Waitable]], None] = lambda waitables: None
+        self._oom = OomWatch()  # names the OOM killer in a SIGKILL nobody sent
 
     # ------------------------------------------------------------- lifecycle
     def encode(self, message: object) -> Encoded:
@@ -271,6 +275,11 @@ class ProcessBackend:
         """Sockets and sentinels to watch for reading."""
         return list(self._by_waitable)
 
+    def pid(self, wid: int) -> int | None:
+        """Process id of worker ``wid`` (for reading its memory), or None."""
+        entry = self._procs.get(wid)
+        return None if entry is None else entry.process.pid
+
     def beacon(self, wid: int) -> BeaconReading:
         """Read worker ``wid``'s beacon (see ``_worker.Beacon``)."""
         entry = self._procs.get(wid)
@@ -293,6 +302,12 @@ class ProcessBackend:
             return
         code = entry.process.exitcode  # polls without blocking
         if code is None:
+            # The sentinel closes as the dying process's descriptors do, a
+            # moment before the kernel lets it be reaped: wait that moment, so
+            # that its own exit status (e.g. an OOM kill) is what we report.
+            entry.process.join(EXIT_GRACE)
+            code = entry.process.exitcode
+        if code is None:
             # The sentinel fired but the process lives: the task closed the
             # descriptors it inherited. It cannot be watched any more.
             code = stop_process(entry.process, force=True)
@@ -304,7 +319,7 @@ class ProcessBackend:
             )
             sched.on_exit(wid, detail, now)  # type: ignore[arg-type]
             return
-        sched.on_exit(wid, code, now)
+        sched.on_exit(wid, code, now, self._oom.explain(code))
 
     def _read(self, wid: int, entry: _Proc, sched: Scheduler, now: float) -> bool:
         """Read and process what the worker sent; False when nothing came."""
