@@ -48,13 +48,16 @@ class WorkerCrashedError(RuntimeError):
     """The worker running an item died (segfault, ``os._exit``, killed by the OS).
 
     ``exitcode`` follows ``multiprocessing``: a negative number is the signal
-    that killed the process, also available as ``signal``.
+    that killed the process, also available as ``signal``. ``reason`` says
+    what parmap knows of the cause, when it knows more than the exit code.
     """
 
-    def __init__(self, index: int, exitcode: int | None) -> None:
+    def __init__(self, index: int, exitcode: int | None, reason: str | None = None) -> None:
         self.index = index
         self.exitcode = exitcode
-        super().__init__(f"the worker running item {index} died ({describe_exit(exitcode)})")
+        self.reason = reason
+        message = f"the worker running item {index} died ({describe_exit(exitcode)})"
+        super().__init__(f"{message}: {reason}" if reason else message)
 
     @property
     def signal(self) -> signal.Signals | None:
@@ -67,7 +70,7 @@ class WorkerCrashedError(RuntimeError):
         return None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.index, self.exitcode))
+        return (type(self), (self.index, self.exitcode, self.reason))
 
 
 class RemoteError(Exception):

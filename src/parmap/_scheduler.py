@@ -42,6 +42,7 @@ input indexes; each input index is covered by exactly one segment.
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -85,6 +86,9 @@ FIRST_CHUNK_ITEMS = 1024
 #: When a deadline passes but the beacon shows no item running, look again
 #: after this long.
 RECHECK_SECONDS = 0.02
+#: How long a worker may take to start and run its initializer before the
+#: pool is declared broken (``PARMAP_START_TIMEOUT`` overrides it).
+START_TIMEOUT = float(os.environ.get("PARMAP_START_TIMEOUT", "120"))
 #: While a worker runs a timed chunk of several items, read its beacon at
 #: least this often: when the beacon cannot give an item's start time, the
 #: first time we saw it running bounds it instead.
@@ -190,6 +194,13 @@ class Slot:
     # Jobs whose function this worker holds, oldest first: a mirror of the
     # worker's own cache, which forgets the oldest beyond FUNCTION_CACHE.
     sent_jobs: dict[int, None] = field(default_factory=dict)
+    # The last time the running chunk showed progress (it was sent, outcomes
+    # arrived): a worker that shows none for a whole timeout while no item
+    # runs is stuck outside the task (unpickling its arguments, pickling a
+    # result, stopped) and is timed out too.
+    progress_at: float = 0.0
+    # When the process started, once the backend says (``on_spawned``).
+    spawned_at: float | None = None
 
 
 class Job:
@@ -313,8 +324,11 @@ class Scheduler:
         self.broken: BaseException | None = None
         self._now = 0.0  # the latest time an event carried
         # Whether a worker may hold a second chunk: the backend says so (its
-        # workers read their chunks in order from their own pipe).
+        # workers read their chunks in order from their own pipe). Such
+        # workers are also sent nothing before they report ready, so that a
+        # chunk's clock never runs while its worker is still starting.
         self._prefetch = prefetch
+        self._ready_first = prefetch
         # Whether a worker still has so much to read that it should not be
         # sent a chunk ahead of time (the backend's write flow control).
         self._backlogged = backlogged
@@ -358,7 +372,8 @@ class Scheduler:
             # The worker never started it: it ran ``chunk`` until now.
             queued.job.running -= len(queued.args)
             self._requeue(queued, 0, len(queued.args))
-        self._fill()
+        # No replacement here: ``_dispatch`` starts one when there is work
+        # for it, so a map being torn down (Ctrl-C) starts no new workers.
         return chunk
 
     def _requeue(self, chunk: Chunk, start: int, stop: int, *, solo: bool = False) -> None:
@@ -515,6 +530,10 @@ class Scheduler:
         return None
 
     def _dispatch(self, now: float) -> None:
+        if len(self.slots) < self.workers and any(
+            job.pending and not job.closed for job in self.jobs
+        ):
+            self._fill()
         for slot in list(self.slots.values()):
             # A chunk that fails to pickle leaves the worker idle: try again
             # (in a loop, not by recursion: thousands may fail in a row).
@@ -522,6 +541,10 @@ class Scheduler:
                 job = self._next_job()
                 if job is None:
                     return
+                if self._ready_first and not slot.ready and job.config.timeout is not None:
+                    # A timed chunk's clock starts when it is sent: never
+                    # while its worker is still starting (or stopped there).
+                    break
                 self._send_chunk(slot, job, now)
         if not self._prefetch or self._max_tasks is not None:
             return
@@ -594,7 +617,7 @@ class Scheduler:
             slot.queued_at = now
         else:
             slot.chunk = Chunk(job, start, args, run.attempt)
-            slot.since = now
+            slot.since = slot.progress_at = now
             slot.poll_at = now + POLL_SECONDS if message.timed and size > 1 else math.inf
         job.running += size
         self._commands.append(Send(slot.wid, payload))
@@ -622,12 +645,21 @@ class Scheduler:
         """A worker's backlog cleared: it may be sent work ahead of time again."""
         self._dispatch(now)
 
-    def on_ready(self, wid: int) -> None:
+    def on_spawned(self, wid: int, now: float) -> None:
+        """Worker ``wid``'s process was started at ``now`` (its start-up clock runs)."""
+        slot = self.slots.get(wid)
+        if slot is not None and slot.spawned_at is None:
+            slot.spawned_at = now
+
+    def on_ready(self, wid: int, now: float | None = None) -> None:
         """Worker ``wid`` started and ran its initializer."""
         slot = self.slots.get(wid)
         if slot is not None:
             slot.ready = True
             self._startup_failures = 0
+            if now is not None:
+                self._now = now
+                self._dispatch(now)
 
     def on_init_failed(self, wid: int, error: BaseException) -> None:
         """A worker's initializer raised: the pool cannot run anything."""
@@ -670,6 +702,7 @@ class Scheduler:
         count = len(values)
         first = chunk.done
         slot.reported += count
+        slot.progress_at = now
         self._tasks[wid] += count
         chunk.done += count
         job.running -= count
@@ -764,8 +797,13 @@ class Scheduler:
             self._requeue(chunk, chunk.done, len(chunk.args), solo=True)
         self._dispatch(now)
 
-    def on_exit(self, wid: int, exitcode: int | None, now: float) -> None:
-        """Worker ``wid`` died (its outcomes were all read before this call)."""
+    def on_exit(
+        self, wid: int, exitcode: int | None, now: float, reason: str | None = None
+    ) -> None:
+        """Worker ``wid`` died (its outcomes were all read before this call).
+
+        ``reason`` is what the backend knows of the cause, for the error.
+        """
         slot = self.slots.get(wid)
         if slot is None:
             return
@@ -786,10 +824,12 @@ class Scheduler:
             )
             return
         if chunk is not None:
-            self._blame(chunk, slot, WorkerCrashedError, exitcode)
+            self._blame(chunk, slot, WorkerCrashedError, exitcode, reason)
         self._dispatch(now)
 
-    def _blame(self, chunk: Chunk, slot: Slot, kind: type, detail: Any) -> None:
+    def _blame(
+        self, chunk: Chunk, slot: Slot, kind: type, detail: Any, reason: str | None = None
+    ) -> None:
         """Fail the item of ``chunk`` that was running when the worker died."""
         reading = self._beacon(slot.wid)
         started = reading[0] if reading is not None else slot.reported
@@ -807,7 +847,7 @@ class Scheduler:
                 return
         self._requeue(chunk, pos + 1, len(chunk.args))
         index = chunk.start + pos
-        error = kind(index, detail)
+        error = kind(index, detail, reason)
         self._fail(chunk.job, index, chunk.attempt, chunk.args[pos], error, task_raised=False)
         # Items before the culprit finished but their outcomes died with the
         # worker: run them again.
@@ -818,6 +858,10 @@ class Scheduler:
         """When ``on_time`` must be called next, or ``None``."""
         best: float | None = None
         for slot in self.slots.values():
+            if self._ready_first and not slot.ready and slot.spawned_at is not None:
+                deadline = slot.spawned_at + START_TIMEOUT
+                if best is None or deadline < best:
+                    best = deadline
             chunk = slot.chunk
             if chunk is not None and chunk.job.config.timeout is not None:
                 deadline = min(slot.since + chunk.job.config.timeout, slot.poll_at)
@@ -829,8 +873,24 @@ class Scheduler:
         """Check deadlines: kill workers whose current item ran out of time."""
         self._now = now
         for slot in list(self.slots.values()):
+            if slot.wid not in self.slots:
+                continue
+            if (
+                self._ready_first
+                and not slot.ready
+                and slot.spawned_at is not None
+                and now - slot.spawned_at >= START_TIMEOUT
+            ):
+                self._break(
+                    RuntimeError(
+                        f"a worker did not finish starting within {START_TIMEOUT:g} s (its "
+                        "initializer has not returned, or the process is stuck importing); "
+                        "the pool is unusable"
+                    )
+                )
+                return
             chunk = slot.chunk
-            if chunk is None or slot.wid not in self.slots:
+            if chunk is None:
                 continue
             timeout = chunk.job.config.timeout
             if timeout is None:
@@ -840,6 +900,15 @@ class Scheduler:
                 continue
             slot.poll_at = now + POLL_SECONDS if len(chunk.args) - chunk.done > 1 else math.inf
             reading = self._beacon(slot.wid)
+            # (A worker not ready yet is starting up, which has a bound of its own.)
+            # The margin covers an item that began, unseen, after the last
+            # progress: its own life must have lasted a whole timeout too.
+            stalled = due and slot.ready and now - slot.progress_at >= timeout + POLL_SECONDS
+            if stalled and reading is not None and reading[1] is None:
+                # No item runs, and none has for a whole timeout: the worker
+                # is stuck unpickling, pickling or stopped.
+                self._time_out_between_items(slot, chunk, reading[0], timeout)
+                continue
             if reading is None or reading[1] is None:
                 # A torn read, or no item running right now (the worker is
                 # starting, or sending results): look again shortly.
@@ -873,6 +942,36 @@ class Scheduler:
             self._requeue(chunk, chunk.done, pos)
         self._dispatch(now)
 
+    def _time_out_between_items(
+        self, slot: Slot, chunk: Chunk, started: int, timeout: float
+    ) -> None:
+        """Kill a worker that made no progress for a timeout outside any item.
+
+        The items it finished but did not report (their results are being
+        pickled), or, if none, the item it has not begun (its arguments are
+        being unpickled): when that is one item, it fails with
+        ``TaskTimeoutError``; with several, each runs again alone, so that
+        the next stall names its culprit.
+        """
+        self._remove_slot(slot, Kill(slot.wid))
+        unreported = max(0, started - slot.reported)
+        remaining = len(chunk.args) - chunk.done
+        suspects = unreported if unreported else remaining
+        if suspects != 1:
+            self._requeue(chunk, chunk.done, len(chunk.args), solo=True)
+            return
+        pos = chunk.done
+        index = chunk.start + pos
+        self._requeue(chunk, pos + 1, len(chunk.args))
+        self._fail(
+            chunk.job,
+            index,
+            chunk.attempt,
+            chunk.args[pos],
+            TaskTimeoutError(index, timeout, self.can_kill),
+            task_raised=False,
+        )
+
     # ---------------------------------------------------------------- closing
     def close(self) -> None:
         """Stop every worker: idle ones gracefully, busy ones by force."""
@@ -881,7 +980,9 @@ class Scheduler:
             self._abort(job, job.error or RuntimeError("the pool was closed while this map ran"))
         self.jobs.clear()
         for slot in list(self.slots.values()):
-            self._remove_slot(slot, Retire(slot.wid) if slot.chunk is None else Kill(slot.wid))
+            # A worker still starting cannot read "stop" yet: kill it too.
+            idle = slot.chunk is None and (slot.ready or not self._ready_first)
+            self._remove_slot(slot, Retire(slot.wid) if idle else Kill(slot.wid))
 
     def busy_workers(self) -> Iterator[int]:
         """Worker ids that are running a chunk."""
