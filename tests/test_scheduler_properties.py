@@ -168,6 +168,7 @@ class ModelWorker:
     assigned: int = 0  # items ever sent to it (max_tasks_per_worker)
     busy: float = 0.0
     last_read: tuple[bool, int | None] | None = None  # (torn, running item)
+    progress_at: float = 0.0  # when its chunk was sent or its last outcomes reported
 
 
 @dataclass
@@ -278,6 +279,7 @@ class Sim:
             check(index not in state.spec.unpicklable, f"unpicklable input {index} was sent")
         check(list(args) == list(range(args[0], args[0] + len(args))), "chunk not contiguous")
         worker.chunk = (jid, list(args))
+        worker.progress_at = self.now
         worker.pos = worker.reported = 0
         worker.assigned += len(args)
         if self.spec.max_tasks is not None:
@@ -302,6 +304,20 @@ class Sim:
             state.last_fate[index] = ("lost",)
         running = worker.running
         timeout = state.spec.config.timeout
+        if (
+            self.context == "on_time"
+            and running is None
+            and timeout is not None
+            and worker.progress_at + timeout <= self.now
+        ):
+            # Stuck outside any item for a whole timeout (unpickling its
+            # chunk, pickling outcomes): one suspect fails, several run again.
+            suspects = len(worker.unreported) or len(args) - worker.reported
+            if suspects == 1:
+                culprit = args[worker.reported]
+                state.last_fate[culprit] = ("timeout", self.now - worker.progress_at)
+                state.failed_runs[culprit] += 1
+            return
         if (
             self.context == "on_time"
             and running is not None
@@ -345,7 +361,14 @@ class Sim:
                 events.append((2, ("flush", wid)))
             if self.outside_kills:
                 events.append((0.1, ("outside_kill", wid)))
-        stuck = all(w.running is None or w.running_fate == "hang" for w in self.workers.values())
+        # Stuck: no worker will do anything more on its own (a worker with an
+        # item to start or outcomes to send is not, whatever it runs).
+        stuck = all(
+            (w.running is None or w.running_fate == "hang")
+            and not w.unreported
+            and not (w.running is None and w.chunk is not None and w.pos < len(w.chunk[1]))
+            for w in self.workers.values()
+        )
         if self.sched.next_deadline() is not None and (stuck or not self.spec.patient):
             events.append((0.5, ("tick",)))
         for jid, state in self.states.items():
@@ -532,6 +555,7 @@ class Sim:
                 values.append(None)
                 errors[pos] = outcome[1]
         w.reported += len(w.unreported)
+        w.progress_at = self.now
         w.unreported = []
         if w.reported == len(args):
             w.chunk = None
@@ -577,7 +601,10 @@ class Sim:
 
     def check_invariants(self) -> None:
         check(set(self.sched.slots) == set(self.workers), "the scheduler's workers are not alive")
-        if not self.sched.closing and self.sched.broken is None:
+        # A worker that goes is replaced as soon as there is work for it (a
+        # pool with nothing pending, or a map being torn down, starts none).
+        has_work = any(job.pending and not job.closed for job in self.sched.jobs)
+        if not self.sched.closing and self.sched.broken is None and has_work:
             check(
                 len(self.workers) == self.spec.workers,
                 f"{len(self.workers)} workers alive, pool size {self.spec.workers}: not replaced",

@@ -27,6 +27,7 @@ import atexit
 import math
 import os
 import select
+import signal
 import threading
 import time
 import weakref
@@ -49,8 +50,27 @@ _READ = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 
 @atexit.register
 def _close_all() -> None:
+    # At exit every worker must go, also those of an engine whose close was
+    # interrupted: ``close`` finishes what an earlier call left undone.
     for engine in list(_live_engines):
         engine.close()
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT back (main thread) until the block ends.
+
+    Ctrl-C in the middle of stopping workers would leave some running (and
+    interpreter exit waiting for them); it is raised right after instead.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _ignore_discard(waitables: list[Waitable]) -> None:
@@ -98,12 +118,14 @@ class Engine:
         # their numbers may already belong to a new worker.
         self._discarded: set[Waitable] = set()
         self.closed = False
+        self._close_done = False  # every worker stopped (``closed`` is set first)
         # Who drives the pool: blocking maps (counted) or one event loop.
         self._mode = threading.Lock()
         self._sync_maps = 0
         # Sync turn-taking; the self-pipe is made on first use, so a map that
         # is never iterated holds no descriptors.
         self._turn = threading.Lock()
+        self._turn_owner: int | None = None  # thread ident of the holder
         self._waiting = 0
         self._waiting_lock = threading.Lock()
         self._wake: tuple[int, int] | None = None
@@ -133,6 +155,8 @@ class Engine:
                         backend.spawn(cmd.wid)
                     except Exception as exc:
                         sched.on_spawn_failed(cmd.wid, exc)
+                    else:
+                        sched.on_spawned(cmd.wid, time.monotonic())
                 elif isinstance(cmd, Kill):
                     backend.kill(cmd.wid)
                 elif isinstance(cmd, Retire):
@@ -169,14 +193,25 @@ class Engine:
             self.execute()
 
     def close(self) -> None:
-        """Stop every worker; running maps fail with ``RuntimeError``."""
-        if self.closed or os.getpid() != self.pid:
+        """Stop every worker; running maps fail with ``RuntimeError``.
+
+        Safe from any thread while a blocking map runs (it takes the turn),
+        and against Ctrl-C (held back until the workers are stopped).
+        """
+        if self._close_done or os.getpid() != self.pid:
             return
+        with _sigint_deferred(), self._turn_for_close():
+            if self._close_done:
+                return
+            self._close()
+
+    def _close(self) -> None:
         self.closed = True
         self._release_closed_loop(cancel=False)
         self.sched.close()
         self.execute()
         self.backend.close()
+        self._close_done = True
         # The backend calls back into us; a closed engine should not wait
         # for the cycle collector to be freed.
         self.backend.on_discard = _ignore_discard
@@ -215,6 +250,26 @@ class Engine:
             return self._wake
 
     @contextmanager
+    def _turn_for_close(self) -> Iterator[None]:
+        # The turn, unless this thread holds it already (close from inside a
+        # map, or at exit from the thread that was mapping); a holder that
+        # never lets go (a thread stuck in user code) is not waited for long.
+        if self._turn_owner == threading.get_ident():
+            yield
+            return
+        with suppress(OSError):
+            os.write(self._wake_fds()[1], b"x")
+        got = self._turn.acquire(timeout=5.0)
+        if got:
+            self._turn_owner = threading.get_ident()
+        try:
+            yield
+        finally:
+            if got:
+                self._turn_owner = None
+                self._turn.release()
+
+    @contextmanager
     def turn(self) -> Iterator[None]:
         """Hold the right to pump this pool from the current thread."""
         if not self._turn.acquire(blocking=False):
@@ -227,9 +282,11 @@ class Engine:
             finally:
                 with self._waiting_lock:
                     self._waiting -= 1
+        self._turn_owner = threading.get_ident()
         try:
             yield
         finally:
+            self._turn_owner = None
             self._turn.release()
             if self._waiting:
                 # Python locks are not fair: step aside so a waiting thread
@@ -409,7 +466,26 @@ class Engine:
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        self._guarded(self.sched.on_time)
+
+        def step(now: float) -> None:
+            # Read what already arrived first: a loop that was busy must not
+            # time out a worker whose outcomes wait in its socket.
+            self._handle_ready(now)
+            self.sched.on_time(time.monotonic())
+
+        self._guarded(step)
+
+    def _handle_ready(self, now: float) -> None:
+        poller = select.poll()
+        readers = {fd_of(w): w for w in self.backend.waitables()}
+        for fd in readers:
+            poller.register(fd, _READ)
+        self._discarded.clear()
+        for fd, _ in poller.poll(0):
+            waitable = readers[fd]
+            if waitable not in self._discarded:
+                self.backend.handle(waitable, self.sched, now)
+                self.execute()
 
     def _guarded(self, step: Callable[[float], None]) -> None:
         # An exception escaping a loop callback would only be logged, leaving

@@ -51,7 +51,8 @@ class WorkerCrashedError(RuntimeError):
     """The worker running an item died (segfault, ``os._exit``, killed by the OS).
 
     ``exitcode`` follows ``multiprocessing``: a negative number is the signal
-    that killed the process, also available as ``signal``.
+    that killed the process, also available as ``signal``. ``hint`` says
+    what parmap knows of the cause, when it knows more than the exit code.
     """
 
     def __init__(self, index: int, exitcode: int | None, hint: str | None = None) -> None:

@@ -59,6 +59,7 @@ input indexes; each input index is covered by exactly one segment.
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -109,6 +110,9 @@ FIRST_CHUNK_ITEMS = 1024
 #: When a deadline passes but the beacon shows no item running, look again
 #: after this long.
 RECHECK_SECONDS = 0.02
+#: How long a worker may take to start and run its initializer before the
+#: pool is declared broken (``PARMAP_START_TIMEOUT`` overrides it).
+START_TIMEOUT = float(os.environ.get("PARMAP_START_TIMEOUT", "120"))
 #: While a worker runs a timed chunk of several items, read its beacon at
 #: least this often: when the beacon cannot give an item's start time, the
 #: first time we saw it running bounds it instead.
@@ -232,6 +236,13 @@ class Slot:
     sent_job: Job | None = None
     sent_len: int = 0
     sent_rss: int | None = None
+    # The last time the running chunk showed progress (it was sent, outcomes
+    # arrived): a worker that shows none for a whole timeout while no item
+    # runs is stuck outside the task (unpickling its arguments, pickling a
+    # result, stopped) and is timed out too.
+    progress_at: float = 0.0
+    # When the process started, once the backend says (``on_spawned``).
+    spawned_at: float | None = None
 
 
 class Job:
@@ -374,8 +385,11 @@ class Scheduler:
         self.broken: BaseException | None = None
         self._now = 0.0  # the latest time an event carried
         # Whether a worker may hold a second chunk: the backend says so (its
-        # workers read their chunks in order from their own pipe).
+        # workers read their chunks in order from their own pipe). Such
+        # workers are also sent nothing before they report ready, so that a
+        # chunk's clock never runs while its worker is still starting.
         self._prefetch = prefetch
+        self._ready_first = prefetch
         # Whether a worker still has so much to read that it should not be
         # sent a chunk ahead of time (the backend's write flow control).
         self._backlogged = backlogged
@@ -422,7 +436,8 @@ class Scheduler:
             # The worker never started it: it ran ``chunk`` until now.
             queued.job.running -= len(queued.args)
             self._requeue(queued, 0, len(queued.args))
-        self._fill()
+        # No replacement here: ``_dispatch`` starts one when there is work
+        # for it, so a map being torn down (Ctrl-C) starts no new workers.
         return chunk
 
     def _requeue(self, chunk: Chunk, start: int, stop: int, *, solo: bool = False) -> None:
@@ -593,6 +608,10 @@ class Scheduler:
         return None
 
     def _dispatch(self, now: float) -> None:
+        if len(self.slots) < self.workers and any(
+            job.pending and not job.closed for job in self.jobs
+        ):
+            self._fill()
         for slot in list(self.slots.values()):
             # A chunk that fails to pickle leaves the worker idle: try again
             # (in a loop, not by recursion: thousands may fail in a row).
@@ -600,6 +619,10 @@ class Scheduler:
                 job = self._next_job()
                 if job is None:
                     return
+                if self._ready_first and not slot.ready and job.config.timeout is not None:
+                    # A timed chunk's clock starts when it is sent: never
+                    # while its worker is still starting (or stopped there).
+                    break
                 self._send_chunk(slot, job, now)
         if not self._prefetch or self._max_tasks is not None:
             return
@@ -681,7 +704,7 @@ class Scheduler:
             slot.sent_len += size
         else:
             slot.chunk = Chunk(job, start, args, run.attempt)
-            slot.since = now
+            slot.since = slot.progress_at = now
             slot.poll_at = now + POLL_SECONDS if message.timed and size > 1 else math.inf
             if self.memory_limit is not None:
                 slot.mem_at = now + MEMORY_POLL_SECONDS
@@ -712,12 +735,21 @@ class Scheduler:
         """A worker's backlog cleared: it may be sent work ahead of time again."""
         self._dispatch(now)
 
-    def on_ready(self, wid: int) -> None:
+    def on_spawned(self, wid: int, now: float) -> None:
+        """Worker ``wid``'s process was started at ``now`` (its start-up clock runs)."""
+        slot = self.slots.get(wid)
+        if slot is not None and slot.spawned_at is None:
+            slot.spawned_at = now
+
+    def on_ready(self, wid: int, now: float | None = None) -> None:
         """Worker ``wid`` started and ran its initializer."""
         slot = self.slots.get(wid)
         if slot is not None:
             slot.ready = True
             self._startup_failures = 0
+            if now is not None:
+                self._now = now
+                self._dispatch(now)
 
     def on_init_failed(self, wid: int, error: BaseException) -> None:
         """A worker's initializer raised: the pool cannot run anything."""
@@ -760,6 +792,7 @@ class Scheduler:
         count = len(values)
         first = chunk.done
         slot.reported += count
+        slot.progress_at = now
         self._tasks[wid] += count
         chunk.done += count
         job.running -= count
@@ -918,6 +951,10 @@ class Scheduler:
             if job.alarm is not None and (best is None or job.alarm < best):
                 best = job.alarm
         for slot in self.slots.values():
+            if self._ready_first and not slot.ready and slot.spawned_at is not None:
+                deadline = slot.spawned_at + START_TIMEOUT
+                if best is None or deadline < best:
+                    best = deadline
             chunk = slot.chunk
             if chunk is not None and slot.mem_at < (best if best is not None else math.inf):
                 best = slot.mem_at
@@ -931,8 +968,24 @@ class Scheduler:
         """Check deadlines: kill workers whose current item ran out of time."""
         self._now = now
         for slot in list(self.slots.values()):
+            if slot.wid not in self.slots:
+                continue
+            if (
+                self._ready_first
+                and not slot.ready
+                and slot.spawned_at is not None
+                and now - slot.spawned_at >= START_TIMEOUT
+            ):
+                self._break(
+                    RuntimeError(
+                        f"a worker did not finish starting within {START_TIMEOUT:g} s (its "
+                        "initializer has not returned, or the process is stuck importing); "
+                        "the pool is unusable"
+                    )
+                )
+                return
             chunk = slot.chunk
-            if chunk is None or slot.wid not in self.slots:
+            if chunk is None:
                 continue
             timeout = chunk.job.config.timeout
             if timeout is None:
@@ -942,6 +995,15 @@ class Scheduler:
                 continue
             slot.poll_at = now + POLL_SECONDS if len(chunk.args) - chunk.done > 1 else math.inf
             reading = self._beacon(slot.wid)
+            # (A worker not ready yet is starting up, which has a bound of its own.)
+            # The margin covers an item that began, unseen, after the last
+            # progress: its own life must have lasted a whole timeout too.
+            stalled = due and slot.ready and now - slot.progress_at >= timeout + POLL_SECONDS
+            if stalled and reading is not None and reading[1] is None:
+                # No item runs, and none has for a whole timeout: the worker
+                # is stuck unpickling, pickling or stopped.
+                self._time_out_between_items(slot, chunk, reading[0], timeout)
+                continue
             if reading is None or reading[1] is None:
                 # A torn read, or no item running right now (the worker is
                 # starting, or sending results): look again shortly.
@@ -974,6 +1036,36 @@ class Scheduler:
             )
             self._requeue(chunk, chunk.done, pos)
         self._dispatch(now)
+
+    def _time_out_between_items(
+        self, slot: Slot, chunk: Chunk, started: int, timeout: float
+    ) -> None:
+        """Kill a worker that made no progress for a timeout outside any item.
+
+        The items it finished but did not report (their results are being
+        pickled), or, if none, the item it has not begun (its arguments are
+        being unpickled): when that is one item, it fails with
+        ``TaskTimeoutError``; with several, each runs again alone, so that
+        the next stall names its culprit.
+        """
+        self._remove_slot(slot, Kill(slot.wid))
+        unreported = max(0, started - slot.reported)
+        remaining = len(chunk.args) - chunk.done
+        suspects = unreported if unreported else remaining
+        if suspects != 1:
+            self._requeue(chunk, chunk.done, len(chunk.args), solo=True)
+            return
+        pos = chunk.done
+        index = chunk.start + pos
+        self._requeue(chunk, pos + 1, len(chunk.args))
+        self._fail(
+            chunk.job,
+            index,
+            chunk.attempt,
+            chunk.args[pos],
+            TaskTimeoutError(index, timeout, self.can_kill),
+            task_raised=False,
+        )
 
     # ---------------------------------------------------------------- memory
     def _memory_room(self, slot: Slot, job: Job, *, queue: bool = False) -> int:
@@ -1069,7 +1161,9 @@ class Scheduler:
             self._abort(job, job.error or RuntimeError("the pool was closed while this map ran"))
         self.jobs.clear()
         for slot in list(self.slots.values()):
-            self._remove_slot(slot, Retire(slot.wid) if slot.chunk is None else Kill(slot.wid))
+            # A worker still starting cannot read "stop" yet: kill it too.
+            idle = slot.chunk is None and (slot.ready or not self._ready_first)
+            self._remove_slot(slot, Retire(slot.wid) if idle else Kill(slot.wid))
 
     def busy_workers(self) -> Iterator[int]:
         """Worker ids that are running a chunk."""

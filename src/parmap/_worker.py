@@ -50,10 +50,12 @@ from ._wire import Frame, Inbox
 
 READY, BATCH, INIT_FAILED, UNDECODABLE = 0, 1, 2, 3
 FLUSH_SECONDS = 0.005
-WATCH_SECONDS = 0.05
-#: While a timed chunk runs, the watch thread looks this often for an item
-#: whose start time the beacon does not give yet (see ``Beacon``).
+#: While items come and go, the watch thread looks this often for an item
+#: whose start time the beacon does not give yet (see ``Beacon``) and for
+#: outcomes held back by a long item.
 STAMP_SECONDS = 0.005
+#: The longest it sleeps while nothing changes (one long item, or no work).
+QUIET_SECONDS = 0.5
 PROTOCOL = 5
 #: A worker runs its chunk in slices that take about this long.
 SLICE_SECONDS = 0.001
@@ -280,6 +282,11 @@ class _Worker:
         self.lock = threading.Lock()
         self.busy = 0.0
         self.last_flush = time.monotonic()
+        # The watch thread sleeps on this pipe while it backs off (``nudge``).
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.dozing = False
+        self.is_copy = False  # see ``forked_by_task``
 
     def send(self, message: tuple[Any, ...]) -> None:
         _sockio.send(self.sock, pickle.dumps(message, PROTOCOL))
@@ -316,35 +323,81 @@ class _Worker:
         self.last_flush = time.monotonic()
 
     def watch(self, parent: int, owner: int) -> None:
-        """Exit when the pool's owner dies; flush outcomes a long item holds back.
+        """Exit when the pool's owner dies; date running items; flush held-back outcomes.
 
         ``parent`` is our parent process; ``owner`` the process that owns the
         pool. They differ under forkserver, whose server outlives the owner
         while its children (us) live, so the owner is watched directly.
+
+        The thread stays quiet: it waits on the owner's pidfd and its wake-up
+        pipe, wakes every ``STAMP_SECONDS`` only while items come and go, and
+        backs off to ``QUIET_SECONDS`` while one item runs long (it is dated
+        already) or nothing runs, so that it takes no CPU from the work.
         """
+        poller = select.poll()
+        poller.register(self.wake_r, select.POLLIN)
         pidfd: int | None = None
-        if owner != parent:
-            try:
-                pidfd = os.pidfd_open(owner)
-            except ProcessLookupError:
-                os._exit(0)
-            except (AttributeError, OSError):
-                pidfd = None
-        stamped = -1
+        try:
+            pidfd = os.pidfd_open(owner)
+            poller.register(pidfd, select.POLLIN)
+        except ProcessLookupError:
+            os._exit(0)
+        except (AttributeError, OSError):
+            pidfd = None
+        counts = self.beacon.counts
+        stamped = last_count = -1
+        delay = STAMP_SECONDS
         while True:
-            time.sleep(STAMP_SECONDS if self.timed else WATCH_SECONDS)
-            if os.getppid() != parent or _gone(owner, pidfd):
-                os._exit(0)
+            self.dozing = delay > STAMP_SECONDS
+            try:
+                events = poller.poll(delay * 1000)
+                self.dozing = False
+                if os.getppid() != parent or _gone(owner, pidfd):
+                    os._exit(0)
+                if events:
+                    os.read(self.wake_r, 512)
+            except OSError:
+                # The task closed our descriptors. The parent saw our sentinel
+                # close, and kills us with the reason: nothing left to watch.
+                return
+            count = counts[Beacon.STARTED]
+            active = count != last_count
+            last_count = count
             if self.timed:
                 stamped = self.beacon.stamp(stamped)
-            stale = self.out and time.monotonic() - self.last_flush >= FLUSH_SECONDS
-            if stale and self.lock.acquire(blocking=False):
-                try:
-                    self.flush(concurrent=True)
-                except BaseException:
-                    pass
-                finally:
-                    self.lock.release()
+            if self.out:
+                active = True
+                if time.monotonic() - self.last_flush >= FLUSH_SECONDS and self.lock.acquire(
+                    blocking=False
+                ):
+                    try:
+                        self.flush(concurrent=True)
+                    except BaseException:
+                        pass
+                    finally:
+                        self.lock.release()
+            delay = STAMP_SECONDS if active else min(2 * delay, QUIET_SECONDS)
+
+    def forked_by_task(self) -> None:
+        """In a child that a task forked: this process is not the worker.
+
+        Such a child may return into the worker's loop (a task that calls
+        ``os.fork()`` and returns in both processes). It must not touch the
+        beacon or the socket, which it shares with the real worker: the
+        beacon's views are released (the next item's count raises), and the
+        loop exits at its next step without writing anything.
+        """
+        self.is_copy = True
+        with contextlib.suppress(Exception):
+            self.beacon.counts.release()
+            self.beacon.times.release()
+
+    def nudge(self) -> None:
+        """Wake the watch thread if it is backing off (the main thread needs it soon)."""
+        if self.dozing:
+            self.dozing = False
+            with contextlib.suppress(OSError):
+                os.write(self.wake_w, b"x")
 
     def run(self, preload: Callable[..., Any] | None) -> None:
         functions: dict[int, Callable[..., Any]] = {}
@@ -375,6 +428,8 @@ class _Worker:
             # a timed chunk runs (see ``watch``).
             self.timed = timed
             self.threshold = threshold
+            if timed:
+                self.nudge()
             started = self._run_chunk(fn, star, chunk, started)
             del chunk
             self.timed = False
@@ -412,10 +467,14 @@ class _Worker:
                     for counts[started_slot], args in enumerate(part, started + 1):
                         append(fn(args))
             except BaseException as exc:
+                if self.is_copy:
+                    os._exit(0)
                 # The items before the raising one keep their outcomes; the
                 # rest of the slice runs in the next turn.
                 append(_Failed(encode_error(exc)))
                 failed = True
+            if self.is_copy:
+                os._exit(0)
             times[start_slot] = -1.0
             t1 = monotonic()
             started += len(done)  # the items run, and the one that raised
@@ -429,6 +488,10 @@ class _Worker:
                 self.busy += t1 - t0
                 if failed or t1 - self.last_flush >= FLUSH_SECONDS:
                     self.flush()
+                elif pos < total:
+                    # Outcomes wait for the next slice: if it runs long, the
+                    # watch thread must send them.
+                    self.nudge()
         return started
 
     @staticmethod
@@ -466,17 +529,34 @@ def worker_main(
     preload: Callable[..., Any] | None,
     inherited: socket.socket | None,
     owner: int,
+    die_with_parent: bool,
 ) -> None:
-    """Entry point of a worker process; ``owner`` is the pid of the pool's owner."""
+    """Entry point of a worker process; ``owner`` is the pid of the pool's owner.
+
+    ``die_with_parent`` asks the kernel to SIGKILL us when our parent exits
+    (Linux): it works even while a task holds the GIL in one long C call,
+    which keeps the watch thread from noticing. The parent asks for it only
+    when it starts workers from a thread that lives as long as they do (the
+    signal follows the *thread* that forked us).
+    """
     if inherited is not None:
         # Under fork we inherit the parent's end of our own socket; holding it
         # would hide the parent's death from us.
         inherited.close()
+    parent = os.getppid()
+    _lead_own_group()
+    if die_with_parent:
+        _set_parent_death_signal(parent)
+    if owner != parent:
+        _watch_owner_from_a_process(owner)
     sock.setblocking(True)
     if ignore:
         ignore_signals()
+    # The parent holds SIGINT back while it forks us (see ProcessBackend.spawn).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     worker = _Worker(sock, beacon)
-    threading.Thread(target=worker.watch, args=(os.getppid(), owner), daemon=True).start()
+    os.register_at_fork(after_in_child=worker.forked_by_task)
+    threading.Thread(target=worker.watch, args=(parent, owner), daemon=True).start()
     if initializer is not None:
         try:
             initializer(*initargs)
@@ -495,6 +575,61 @@ def worker_main(
         engine = sys.modules.get("parmap._engine")
         if engine is not None:
             engine._close_all()
+
+
+def _lead_own_group() -> None:
+    # The worker and whatever its task starts form one process group, so that
+    # killing the worker for a timeout stops its task's children too.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+
+
+def _set_parent_death_signal(parent: int) -> None:
+    if not sys.platform.startswith("linux"):
+        return  # elsewhere the watch thread notices, once it gets the GIL
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(0)
+
+
+def _watch_owner_from_a_process(owner: int) -> None:
+    """Under forkserver: a tiny process that kills this worker when the owner dies.
+
+    The kernel's parent-death signal follows the forkserver, which lives as
+    long as its children do, and the watch thread cannot run while a task
+    holds the GIL in one long C call. A forked watchdog blocks on the
+    owner's pidfd instead, and dies with the worker (Linux only).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        pidfd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):
+        return
+    worker = os.getpid()
+    if os.fork() == 0:  # the watchdog: still single-threaded here, so safe
+        try:
+            # Hold nothing of the worker's (its socket, its sentinel).
+            os.closerange(3, pidfd)
+            os.closerange(pidfd + 1, 1 << 16)
+            _set_parent_death_signal(worker)
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            while not poller.poll():
+                pass
+            os.killpg(worker, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.close(pidfd)
 
 
 def _gone(pid: int, pidfd: int | None) -> bool:

@@ -17,9 +17,14 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import select
+import signal
 import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as mp_wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, cast
@@ -53,6 +58,55 @@ HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 16
 
 
+def _block_sigint() -> set[int | signal.Signals] | None:
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _wait_for_exit(proc: BaseProcess, seconds: float) -> None:
+    """Wait up to ``seconds`` for ``proc`` to exit, without relying on its sentinel."""
+    pid = proc.pid
+    if pid is None:
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.poll(seconds * 1000)
+    finally:
+        os.close(pidfd)
+
+
+def stop_all(procs: list[BaseProcess], grace: float) -> None:
+    """Stop processes that were told to exit: wait for all of them together
+    for at most ``grace`` seconds, then SIGKILL the rest; reap them all."""
+    deadline = time.monotonic() + grace
+    alive = [p for p in procs if p.exitcode is None]
+    while alive:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        mp_wait([p.sentinel for p in alive], left)
+        alive = [p for p in alive if p.exitcode is None]
+    for proc in procs:
+        stop_process(proc, force=True)
+
+
+def kill_group(proc: BaseProcess) -> None:
+    """SIGKILL a worker and its process group (what its task started)."""
+    pid = proc.pid
+    if pid is not None and proc.exitcode is None:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:  # not its own group yet (it is still starting)
+            with contextlib.suppress(OSError, ValueError):
+                proc.kill()
+
+
 def stop_process(proc: BaseProcess, *, force: bool, grace: float = RETIRE_GRACE) -> int | None:
     """Stop ``proc`` and reap it; return its exit code.
 
@@ -63,8 +117,7 @@ def stop_process(proc: BaseProcess, *, force: bool, grace: float = RETIRE_GRACE)
     if not force:
         proc.join(grace)
     if proc.exitcode is None:
-        with contextlib.suppress(OSError, ValueError):
-            proc.kill()
+        kill_group(proc)
         proc.join(KILL_REAP_TIMEOUT)
     code = proc.exitcode
     # close() refuses a process still running after SIGKILL (uninterruptible
@@ -160,9 +213,17 @@ class ProcessBackend:
                 self.preload,
                 parent_sock if forked else None,
                 os.getpid(),
+                # The kernel's parent-death signal follows the forking thread:
+                # ask for it only from a thread that outlives the workers.
+                threading.current_thread() is threading.main_thread()
+                or self.start_method == "forkserver",
             ),
             name=f"parmap-worker-{wid}",
         )
+        # Ctrl-C during the fork would be raised in an at-fork hook and lost
+        # there; held back, it arrives once the worker has started. (The
+        # worker unblocks it for itself.)
+        held = _block_sigint()
         try:
             proc.start()
         except BaseException:
@@ -170,6 +231,8 @@ class ProcessBackend:
             raise
         finally:
             child_sock.close()
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         parent_sock.setblocking(False)
         entry = _Proc(proc, parent_sock, parent_sock.fileno(), proc.sentinel, beacon)
         self._procs[wid] = entry
@@ -267,8 +330,7 @@ class ProcessBackend:
             self.kill(wid)
         self._broadcasts.clear()
         retiring, self._retiring = self._retiring, []
-        for proc in retiring:
-            stop_process(proc, force=False)
+        stop_all(retiring, RETIRE_GRACE)
 
     # --------------------------------------------------------------- reading
     def waitables(self) -> list[Waitable]:
@@ -305,19 +367,22 @@ class ProcessBackend:
             # The sentinel closes as the dying process's descriptors do, a
             # moment before the kernel lets it be reaped: wait that moment, so
             # that its own exit status (e.g. an OOM kill) is what we report.
-            entry.process.join(EXIT_GRACE)
+            # (Not ``join``: with the sentinel closed it waits for the exit
+            # itself, however long a task that closed its descriptors runs.)
+            _wait_for_exit(entry.process, EXIT_GRACE)
             code = entry.process.exitcode
         if code is None:
             # The sentinel fired but the process lives: the task closed the
             # descriptors it inherited. It cannot be watched any more.
             code = stop_process(entry.process, force=True)
             entry.reaped = True
-            detail: int | str | None = (
-                "it closed its inherited descriptors (the worker was killed)"
-                if code is None
-                else code
+            sched.on_exit(
+                wid,
+                code,
+                now,
+                "its task closed the descriptors the worker inherited (its socket to "
+                "parmap among them), so parmap killed it",
             )
-            sched.on_exit(wid, detail, now)  # type: ignore[arg-type]
             return
         sched.on_exit(wid, code, now, self._oom.explain(code))
 
@@ -353,7 +418,7 @@ class ProcessBackend:
             values, errors = decode_batch(values, raw_errors, pickled, maps)
             sched.on_batch(wid, values, errors, busy, now)
         elif tag == READY:
-            sched.on_ready(wid)
+            sched.on_ready(wid, now)
         elif tag == UNDECODABLE:
             sched.on_undecodable(wid, rebuild_error(message[1]), now)
         elif tag == INIT_FAILED:
