@@ -16,6 +16,7 @@ DOCUMENTED = {
     "aimap",
     "Pool",
     "MapResult",
+    "MapStats",
     "Outcome",
     "TaskTimeoutError",
     "WorkerCrashedError",

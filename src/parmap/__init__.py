@@ -15,11 +15,13 @@ from ._results import Outcome as Outcome
 from ._results import RemoteError as RemoteError
 from ._results import TaskTimeoutError as TaskTimeoutError
 from ._results import WorkerCrashedError as WorkerCrashedError
+from ._stats import MapStats as MapStats
 
 __version__ = "1.0.0"
 
 __all__ = (
     "MapResult",
+    "MapStats",
     "Outcome",
     "Pool",
     "RemoteError",

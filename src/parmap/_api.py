@@ -24,11 +24,13 @@ from typing_extensions import Unpack
 
 from ._driver import aiterate, collect, iterate, outcomes
 from ._engine import Engine
+from ._iterators import AsyncMapIterator, MapIterator
 from ._options import Defaults, MapConfig, MapOptions, Options
 from ._pickling import dump_function
 from ._progress import Progress
 from ._results import MapResult, Outcome
 from ._scheduler import Job
+from ._stats import MapStats
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -116,9 +118,10 @@ class _Call:
             self.payload = dump_function(fn, start_method, threshold)
         small = isinstance(self.payload, bytes) and len(self.payload) < 512
         self.key: object = self.payload if small else fn
+        self.job: Job | None = None
 
     def new_job(self) -> Job:
-        return self.engine.sched.new_job(
+        self.job = self.engine.sched.new_job(
             self.config,
             fn_payload=self.payload,
             star=self.star,
@@ -126,6 +129,24 @@ class _Call:
             total=self.total,
             fn_key=self.key,
         )
+        return self.job
+
+    def stats(self) -> MapStats | None:
+        """The map's figures (once it ran), see ``MapStats``."""
+        if self.job is None:
+            return None
+        job = self.job
+        return job.stats.snapshot(
+            workers=self.engine.sched.workers, items=job.completed, failed=job.failures
+        )
+
+    def iterator(self, pool: Pool | None = None) -> MapIterator[Any]:
+        """``stream()`` with ``.stats``; closes ``pool`` (a temporary one) at the end."""
+        return MapIterator(_closing(self.stream(), pool), self.stats)
+
+    def aiterator(self, pool: Pool | None = None) -> AsyncMapIterator[Any]:
+        """``astream()`` with ``.stats``; closes ``pool`` (a temporary one) at the end."""
+        return AsyncMapIterator(_aclosing(self.astream(), pool), self.stats)
 
     def progress(self) -> Progress:
         return Progress(self.config.progress, self.total)
@@ -138,7 +159,7 @@ class _Call:
             values,
             errors,
         )
-        return MapResult(values, dict(sorted(errors.items())))
+        return MapResult(values, dict(sorted(errors.items())), self.stats())
 
     def stream(self) -> Generator[Outcome[Any], None, None]:
         segments = iterate(self.engine, self.new_job, _source(self.iterables), self.progress())
@@ -158,7 +179,7 @@ class _Call:
                 collect((segment,), values, errors)
         finally:
             await segments.aclose()
-        return MapResult(values, dict(sorted(errors.items())))
+        return MapResult(values, dict(sorted(errors.items())), self.stats())
 
     async def astream(self) -> AsyncGenerator[Outcome[Any], None]:
         segments = aiterate(
@@ -249,13 +270,13 @@ class Pool:
         *iterables: Iterable[Any],
         ordered: bool = False,
         **options: Unpack[MapOptions],
-    ) -> Generator[Outcome[T], None, None]:
+    ) -> MapIterator[T]:
         """Yield an ``Outcome`` per input as each completes (``ordered=True``: in input order).
 
         Input is read lazily, at most ``buffer`` items ahead of the consumer,
         so an endless generator works. Leaving the loop early stops the work.
         """
-        return self._call(fn, iterables, options, ordered=ordered).stream()
+        return self._call(fn, iterables, options, ordered=ordered).iterator()
 
     async def apmap(
         self,
@@ -277,9 +298,9 @@ class Pool:
         *iterables: Iterable[Any] | AsyncIterable[Any],
         ordered: bool = False,
         **options: Unpack[MapOptions],
-    ) -> AsyncGenerator[Outcome[T], None]:
+    ) -> AsyncMapIterator[T]:
         """Like ``imap``, as an async iterator; inputs may be async iterables."""
-        return self._call(fn, iterables, options, ordered=ordered, allow_async=True).astream()
+        return self._call(fn, iterables, options, ordered=ordered, allow_async=True).aiterator()
 
     def close(self) -> None:
         """Stop the workers. Maps still running fail; the pool cannot be reused."""
@@ -362,10 +383,10 @@ class ParallelFunction(Generic[P, T]):
 
     def imap(
         self, *iterables: Iterable[Any], ordered: bool = False, **options: Unpack[Options]
-    ) -> Generator[Outcome[T], None, None]:
+    ) -> MapIterator[T]:
         """Yield outcomes as items complete (see ``parmap.imap``)."""
         call, pool, temporary = self._call(iterables, options, ordered=ordered)
-        return _closing(call.stream(), pool if temporary else None)
+        return call.iterator(pool if temporary else None)
 
     async def apmap(
         self, *iterables: Iterable[Any] | AsyncIterable[Any], **options: Unpack[Options]
@@ -383,10 +404,10 @@ class ParallelFunction(Generic[P, T]):
         *iterables: Iterable[Any] | AsyncIterable[Any],
         ordered: bool = False,
         **options: Unpack[Options],
-    ) -> AsyncGenerator[Outcome[T], None]:
+    ) -> AsyncMapIterator[T]:
         """Async-iterate outcomes as items complete (see ``parmap.aimap``)."""
         call, pool, temporary = self._call(iterables, options, ordered=ordered, allow_async=True)
-        return _aclosing(call.astream(), pool if temporary else None)
+        return call.aiterator(pool if temporary else None)
 
     def close(self) -> None:
         """Stop this function's pool; the next map starts a new one."""
@@ -490,7 +511,7 @@ def imap(
     *iterables: Iterable[Any],
     ordered: bool = False,
     **options: Unpack[Options],
-) -> Generator[Outcome[T], None, None]:
+) -> MapIterator[T]:
     """Yield an ``Outcome`` per input as items complete, on a pool made for this call.
 
     ``ordered=True`` yields in input order. Inputs are read lazily (at most
@@ -503,7 +524,7 @@ def imap(
     except BaseException:
         pool.close()
         raise
-    return _closing(call.stream(), pool)
+    return call.iterator(pool)
 
 
 async def apmap(
@@ -532,7 +553,7 @@ def aimap(
     *iterables: Iterable[Any] | AsyncIterable[Any],
     ordered: bool = False,
     **options: Unpack[Options],
-) -> AsyncGenerator[Outcome[T], None]:
+) -> AsyncMapIterator[T]:
     """Async-iterate outcomes of ``fn`` over the inputs (see ``imap``)."""
     pool, map_options = _temporary(fn, options)
     try:
@@ -542,4 +563,4 @@ def aimap(
     except BaseException:
         pool.close()
         raise
-    return _aclosing(call.astream(), pool)
+    return call.aiterator(pool)

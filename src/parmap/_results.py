@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
+from ._stats import MapStats
+
 T = TypeVar("T")
 
 __all__ = [
@@ -171,11 +173,17 @@ class MapResult(Sequence[T]):
     returns every value or raises an ``ExceptionGroup`` of all failures.
     """
 
-    __slots__ = ("_errors", "_values")
+    __slots__ = ("_errors", "_stats", "_values")
 
-    def __init__(self, values: list[T | None], errors: dict[int, BaseException]) -> None:
+    def __init__(
+        self,
+        values: list[T | None],
+        errors: dict[int, BaseException],
+        stats: MapStats | None = None,
+    ) -> None:
         self._values = values
         self._errors = errors
+        self._stats = stats
 
     @classmethod
     def from_outcomes(cls, outcomes: Sequence[Outcome[T]]) -> MapResult[T]:
@@ -198,6 +206,11 @@ class MapResult(Sequence[T]):
     def errors(self) -> dict[int, BaseException]:
         """Captured exceptions by input index, in index order."""
         return dict(self._errors)
+
+    @property
+    def stats(self) -> MapStats:
+        """What the map spent its time on (all zeros for a result built by hand)."""
+        return self._stats if self._stats is not None else MapStats()
 
     @property
     def ok(self) -> bool:

@@ -50,6 +50,7 @@ from typing import Any
 
 from ._options import MapConfig
 from ._results import TaskTimeoutError, WorkerCrashedError, mark_index
+from ._stats import TIMED_OUT, Recorder, Slice, failure_kind
 from ._wire import Encoded
 
 #: Aim for chunks that keep a worker busy this long: long enough to make the
@@ -219,6 +220,7 @@ class Job:
         self.closed = False
         self.item_time: float | None = None
         self.item_bytes: float | None = None
+        self.stats = Recorder()
 
     @property
     def finished(self) -> bool:
@@ -259,6 +261,7 @@ class Job:
 
     def _emit_error(self, index: int, error: BaseException) -> None:
         self.failures += 1
+        self.stats.failure(error)
         self._emit(index, [None], {index: error})
 
 
@@ -337,9 +340,13 @@ class Scheduler:
             self.slots[wid] = Slot(wid)
             self._tasks[wid] = 0
             self._commands.append(Spawn(wid))
+            for job in self.jobs:
+                job.stats.spawned(wid, self._now, replacement=wid >= self.workers)
 
     def _remove_slot(self, slot: Slot, command: Command) -> Chunk | None:
         del self.slots[slot.wid]
+        for job in self.jobs:
+            job.stats.gone(slot.wid, self._now, killed=isinstance(command, Kill))
         self._tasks.pop(slot.wid, None)
         self._commands.append(command)
         chunk, slot.chunk = slot.chunk, None
@@ -396,10 +403,12 @@ class Scheduler:
         if job.closed:
             return
         if self._should_retry(job, attempt, error, task_raised=task_raised):
+            job.stats.retried += 1
             job.pending.appendleft(Run(index, [args], attempt + 1, solo=True))
             return
         if job.config.on_error == "raise":
             job.failures += 1
+            job.stats.failure(error)
             self._abort(job, error)
         else:
             job._emit_error(index, error)
@@ -643,11 +652,13 @@ class Scheduler:
         errors: dict[int, BaseException] | None,
         busy: float,
         now: float,
+        slices: list[Slice] | None = None,
     ) -> None:
         """Worker ``wid`` reports the next ``len(values)`` outcomes of its chunk.
 
         ``errors`` maps positions in ``values`` to the exception of that item;
-        ``busy`` is the time the worker spent running these items.
+        ``busy`` is the time the worker spent running these items, and
+        ``slices`` when (``(t0, t1, count)``) where the backend knows it.
         """
         self._now = now
         slot = self.slots.get(wid)
@@ -672,6 +683,7 @@ class Scheduler:
             # The worker went on to it as soon as it finished this one, maybe
             # well before now: only its sending time bounds its start.
             slot.since = slot.queued_at
+        job.stats.batch(wid, chunk.start + first, count, errors, busy, slices, now)
         if not job.closed:
             estimate = busy / count
             job.item_time = (
@@ -703,6 +715,7 @@ class Scheduler:
             index = base + pos
             error = mark_index(errors[pos], index)
             if self._should_retry(job, chunk.attempt, error, task_raised=True):
+                job.stats.retried += 1
                 job._emit(base + seg_from, values[seg_from:pos], seg_errors or None)
                 seg_from, seg_errors = pos + 1, {}
                 job.pending.appendleft(
@@ -710,6 +723,7 @@ class Scheduler:
                 )
                 continue
             job.failures += 1
+            job.stats.failure(error)
             if job.config.on_error == "raise":
                 job._emit(base + seg_from, values[seg_from:pos], seg_errors or None)
                 self._abort(job, error)
@@ -751,6 +765,7 @@ class Scheduler:
 
     def on_exit(self, wid: int, exitcode: int | None, now: float) -> None:
         """Worker ``wid`` died (its outcomes were all read before this call)."""
+        self._now = now
         slot = self.slots.get(wid)
         if slot is None:
             return
@@ -793,6 +808,14 @@ class Scheduler:
         self._requeue(chunk, pos + 1, len(chunk.args))
         index = chunk.start + pos
         error = kind(index, detail)
+        since = reading[1] if running and reading is not None else None
+        chunk.job.stats.lost(
+            slot.wid,
+            index,
+            since if since is not None and since != math.inf else slot.since,
+            self._now,
+            failure_kind(error),
+        )
         self._fail(chunk.job, index, chunk.attempt, chunk.args[pos], error, task_raised=False)
         # Items before the culprit finished but their outcomes died with the
         # worker: run them again.
@@ -847,6 +870,7 @@ class Scheduler:
             self._remove_slot(slot, Kill(slot.wid))
             self._requeue(chunk, pos + 1, len(chunk.args))
             index = chunk.start + pos
+            chunk.job.stats.lost(slot.wid, index, started_by, now, TIMED_OUT)
             self._fail(
                 chunk.job,
                 index,
@@ -867,6 +891,11 @@ class Scheduler:
         self.jobs.clear()
         for slot in list(self.slots.values()):
             self._remove_slot(slot, Retire(slot.wid) if slot.chunk is None else Kill(slot.wid))
+
+    def charge(self, seconds: float) -> None:
+        """The parent spent ``seconds`` of its own on the running maps (MapStats)."""
+        for job in self.jobs:
+            job.stats.parent += seconds
 
     def busy_workers(self) -> Iterator[int]:
         """Worker ids that are running a chunk."""

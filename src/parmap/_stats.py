@@ -1,0 +1,313 @@
+"""What a map spent its time on: the recorder the scheduler feeds, and ``MapStats``.
+
+Collection is always on, so it must cost next to nothing per item. Workers
+read the clock once per *slice* (a run of items taking about a millisecond,
+see ``_worker._run_chunk``) and send ``(t0, t1, count)`` per slice with each
+batch of outcomes; the parent keeps one record per slice, never one per item.
+Per-item times derive from them: exact for a slice of one item (which every
+item of a millisecond or more gets), the slice's mean for tiny items.
+Quantiles are weighted by count, so they stay per item.
+
+Worker and parent times are comparable: ``time.monotonic`` is system-wide.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+#: A private switch for the benchmark that prices collection (``benchmarks/run.py``).
+ENABLED = True
+
+OK, RAISED, TIMED_OUT, CRASHED, MEMORY = "succeeded", "raised", "timed_out", "crashed", "memory"
+
+Slice = tuple[float, float, int]
+"""A worker's ``(t0, t1, count)``: ``count`` consecutive items ran from t0 to t1."""
+
+Bar = tuple[int, float, float, int, int, str]
+"""One drawn run of items: ``(lane, t0, t1, first_index, count, outcome)``."""
+
+Mark = tuple[int, float, str]
+"""An event on a lane: ``(lane, time, "kill" | "spawn")``."""
+
+
+def failure_kind(error: BaseException) -> str:
+    """Classify a final failure: raised, timed out, crashed, or out of memory."""
+    from ._results import TaskTimeoutError, WorkerCrashedError
+
+    if isinstance(error, TaskTimeoutError):
+        return TIMED_OUT
+    if isinstance(error, WorkerCrashedError):
+        # WorkerMemoryError (a WorkerCrashedError) is recognised by name, so
+        # that this module needs no import of it.
+        if any(cls.__name__ == "WorkerMemoryError" for cls in type(error).__mro__):
+            return MEMORY
+        return CRASHED
+    return RAISED
+
+
+class Recorder:
+    """Collects one map's figures as the scheduler sees its events."""
+
+    __slots__ = (
+        "_lanes",
+        "_live",
+        "bars",
+        "busy",
+        "ended",
+        "failures",
+        "marks",
+        "parent",
+        "replaced",
+        "retried",
+        "started",
+        "t0",
+    )
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.ended: float | None = None
+        self.bars: list[Bar] = []
+        self.marks: list[Mark] = []
+        self.busy = 0.0
+        self.failures: dict[str, int] = {RAISED: 0, TIMED_OUT: 0, CRASHED: 0, MEMORY: 0}
+        self.retried = 0
+        self.started = 0
+        self.replaced = 0
+        self.parent = 0.0
+        # Worker id -> lane (kept after the worker is gone: its last item may
+        # be recorded after it), and the lanes of live workers.
+        self._lanes: dict[int, int] = {}
+        self._live: set[int] = set()
+
+    def lane(self, wid: int) -> int:
+        """The lane of worker ``wid``: the lowest one no live worker holds, so a
+        replacement takes its predecessor's."""
+        lane = self._lanes.get(wid)
+        if lane is None:
+            lane = 0
+            while lane in self._live:
+                lane += 1
+            self._lanes[wid] = lane
+            self._live.add(lane)
+        return lane
+
+    def batch(
+        self,
+        wid: int,
+        first: int,
+        count: int,
+        errors: Any,
+        busy: float,
+        slices: list[Slice] | None,
+        now: float,
+    ) -> None:
+        """Outcomes ``first .. first+count-1`` came from worker ``wid``.
+
+        ``errors`` (positions in the batch) colour their slices; without
+        ``slices`` (backends that report a batch as a whole) the batch is one
+        slice ending now.
+        """
+        if not ENABLED:
+            return
+        lane = self.lane(wid)
+        bars = self.bars
+        if slices is None:
+            self.busy += busy
+            outcome = RAISED if errors else OK
+            bars.append((lane, now - busy, now, first, count, outcome))
+            return
+        pos = 0
+        for t0, t1, n in slices:
+            self.busy += t1 - t0
+            outcome = OK
+            if errors and any(pos <= e < pos + n for e in errors):
+                outcome = RAISED
+            bars.append((lane, t0, t1, first + pos, n, outcome))
+            pos += n
+
+    def lost(self, wid: int, index: int, since: float, now: float, kind: str) -> None:
+        """Worker ``wid`` was killed or died running item ``index`` (started by ``since``)."""
+        if not ENABLED:
+            return
+        lane = self.lane(wid)
+        self.bars.append((lane, min(since, now), now, index, 1, kind))
+
+    def gone(self, wid: int, now: float, *, killed: bool) -> None:
+        """Worker ``wid`` stopped; a killed one is marked on its lane."""
+        lane = self._lanes.get(wid)
+        if lane is None:
+            return
+        self._live.discard(lane)
+        if killed and ENABLED:
+            self.marks.append((lane, now, "kill"))
+
+    def spawned(self, wid: int, now: float, *, replacement: bool) -> None:
+        """Worker ``wid`` was started while this map ran."""
+        self.started += 1
+        lane = self.lane(wid)
+        if replacement:
+            self.replaced += 1
+            if ENABLED:
+                self.marks.append((lane, now, "spawn"))
+
+    def failure(self, error: BaseException) -> None:
+        """An item failed for good (after its retries)."""
+        self.failures[failure_kind(error)] += 1
+
+    def snapshot(self, *, workers: int, items: int, failed: int) -> MapStats:
+        """Freeze what was recorded (the map's end is now, unless recorded)."""
+        end = self.ended if self.ended is not None else time.monotonic()
+        wall = max(end - self.t0, 0.0)
+        measured = [bar for bar in self.bars if bar[5] in (OK, RAISED)]
+        return MapStats(
+            wall=wall,
+            items=items,
+            succeeded=items - failed,
+            failed=failed,
+            raised=self.failures[RAISED],
+            timed_out=self.failures[TIMED_OUT],
+            crashed=self.failures[CRASHED],
+            memory=self.failures[MEMORY],
+            retried=self.retried,
+            resumed=0,
+            workers=workers,
+            workers_started=self.started,
+            workers_replaced=self.replaced,
+            parent_seconds=self.parent,
+            utilization=min(1.0, self.busy / (workers * wall)) if workers and wall > 0 else 0.0,
+            **_item_times(measured),
+            _bars=tuple(self.bars),
+            _marks=tuple(self.marks),
+            _t0=self.t0,
+        )
+
+
+def _item_times(bars: list[Bar]) -> dict[str, Any]:
+    """Per-item figures from slices: each of a slice's items took its mean."""
+    if not bars:
+        return {"total": 0.0, "min": 0.0, "median": 0.0, "p95": 0.0, "max": 0.0, "slowest": ()}
+    per = sorted(((b[2] - b[1]) / b[4], b[4], b[3]) for b in bars)
+    count = sum(n for _, n, _ in per)
+
+    def quantile(q: float) -> float:
+        # The nearest-rank quantile, each slice counting for its items.
+        rank = max(1, math.ceil(q * count))
+        seen = 0
+        for seconds, n, _ in per:
+            seen += n
+            if seen >= rank:
+                return seconds
+        return per[-1][0]
+
+    # Five distinct items: a retried item's attempts count once, at its slowest.
+    slowest: dict[int, float] = {}
+    for seconds, _, index in reversed(per):
+        if len(slowest) == 5:
+            break
+        slowest.setdefault(index, seconds)
+    return {
+        "total": sum(b[2] - b[1] for b in bars),
+        "min": per[0][0],
+        "median": quantile(0.5),
+        "p95": quantile(0.95),
+        "max": per[-1][0],
+        "slowest": tuple(slowest.items()),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class MapStats:
+    """What a map spent its time on; ``MapResult.stats`` and ``.stats`` of a
+    finished ``imap``/``aimap`` iterator.
+
+    Times are seconds. ``min`` … ``total`` are item run times measured in the
+    worker around the call (items that timed out or crashed have none);
+    ``slowest`` holds the five slowest items as ``(index, seconds)``.
+    ``utilization`` is the workers' busy time over ``workers * wall``;
+    ``parent_seconds`` the parent's own CPU time pickling, unpickling and
+    scheduling for this map. ``resumed`` is 0 until checkpoints exist.
+    """
+
+    wall: float = 0.0
+    items: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    raised: int = 0
+    timed_out: int = 0
+    crashed: int = 0
+    memory: int = 0
+    retried: int = 0
+    resumed: int = 0
+    workers: int = 0
+    workers_started: int = 0
+    workers_replaced: int = 0
+    min: float = 0.0
+    median: float = 0.0
+    p95: float = 0.0
+    max: float = 0.0
+    total: float = 0.0
+    slowest: tuple[tuple[int, float], ...] = ()
+    utilization: float = 0.0
+    parent_seconds: float = 0.0
+    _bars: tuple[Bar, ...] = field(default=(), repr=False, compare=False)
+    _marks: tuple[Mark, ...] = field(default=(), repr=False, compare=False)
+    _t0: float = field(default=0.0, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures as plain JSON-ready values (``slowest`` as lists)."""
+        out: dict[str, Any] = {}
+        for name in _PUBLIC:
+            value = getattr(self, name)
+            out[name] = [list(pair) for pair in value] if name == "slowest" else value
+        return out
+
+    def timeline(self, path: str) -> None:
+        """Write an SVG: one lane per worker over time, each item a bar by outcome."""
+        from ._timeline import render
+
+        svg = render(self._bars, self._marks, self._t0, self.wall)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(svg)
+
+    def __str__(self) -> str:
+        s = self
+        rows = [
+            ("wall", f"{s.wall:.3f} s"),
+            (
+                "items",
+                f"{s.items}: {s.succeeded} succeeded, {s.failed} failed "
+                f"(raised {s.raised}, timed out {s.timed_out}, crashed {s.crashed}, "
+                f"memory {s.memory})",
+            ),
+            ("retried", f"{s.retried}   resumed {s.resumed}"),
+            (
+                "workers",
+                f"{s.workers}: {s.workers_started} started, {s.workers_replaced} replaced",
+            ),
+            (
+                "item time",
+                f"min {_secs(s.min)}  median {_secs(s.median)}  p95 {_secs(s.p95)}  "
+                f"max {_secs(s.max)}  total {_secs(s.total)}",
+            ),
+            ("slowest", "  ".join(f"#{i} {_secs(t)}" for i, t in s.slowest) or "-"),
+            ("utilization", f"{s.utilization:.0%}"),
+            ("parent", f"{_secs(s.parent_seconds)} (pickling, unpickling, scheduling)"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {text}" for name, text in rows)
+
+
+_PUBLIC = tuple(name for name in MapStats.__dataclass_fields__ if not name.startswith("_"))
+
+
+def _secs(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    if seconds >= 1e-5:
+        return f"{seconds * 1e6:.0f} µs"
+    return f"{seconds * 1e6:.2f} µs"

@@ -1,0 +1,224 @@
+"""MapStats and the SVG timeline, checked against maps of known work.
+
+The maps run in ``tests.stats_cases``, in a subprocess with a hard time limit
+(they involve timeouts and crashes), which prints the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parmap import MapResult, MapStats, Outcome, WorkerCrashedError
+from parmap._stats import MEMORY, OK, RAISED, TIMED_OUT, Bar, failure_kind
+from parmap._timeline import WIDTH, render
+
+from . import stats_cases
+from .test_cli import records, run_cli
+
+ROOT = Path(__file__).parent.parent
+LIMIT = 120.0
+SVG = stats_cases.SVG
+
+
+def run_case(case: str, tmp_path: Path) -> dict[str, Any]:
+    """Run one case of ``tests.stats_cases``; a hang fails the test."""
+    svg = tmp_path / f"{case}.svg"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.stats_cases", case, str(svg)],
+            capture_output=True,
+            text=True,
+            timeout=LIMIT,
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"case {case} hung: {exc.stdout!r} {exc.stderr!r}")
+    assert proc.returncode == 0, proc.stderr
+    report: dict[str, Any] = json.loads(proc.stdout)
+    ET.parse(svg)  # the picture is well-formed XML
+    return report
+
+
+def test_the_known_slow_item_is_the_slowest(tmp_path: Path) -> None:
+    report = run_case("slow_item", tmp_path)
+    stats = report["stats"]
+    assert stats["items"] == stats["succeeded"] == 30
+    assert stats["failed"] == 0
+    index, seconds = stats["slowest"][0]
+    assert index == stats_cases.SLOW_INDEX
+    assert 0.5 <= seconds < 0.5 + 0.4
+    assert len(stats["slowest"]) == 5
+    assert all(s < seconds for _, s in stats["slowest"][1:])
+    assert stats["max"] == seconds
+    assert 0.02 <= stats["min"] <= stats["median"] < 0.5
+    assert stats["total"] >= 29 * 0.02 + 0.5
+    assert stats["wall"] >= 0.5
+    assert stats["workers"] == stats["workers_started"] == 2
+    assert stats["workers_replaced"] == 0
+    assert report["svg"]["lanes"] == 2
+    assert report["svg"]["bars"] == report["svg"]["titled"] == 30
+
+
+def test_cpu_bound_work_keeps_the_workers_busy(tmp_path: Path) -> None:
+    stats = run_case("cpu", tmp_path)["stats"]
+    assert stats["items"] == 40
+    assert stats["utilization"] > 0.7
+    assert stats["total"] >= 40 * 0.05
+    assert stats["parent_seconds"] < stats["wall"]
+
+
+def test_a_slow_input_starves_the_workers(tmp_path: Path) -> None:
+    stats = run_case("starved", tmp_path)["stats"]
+    assert stats["items"] == 10
+    assert stats["wall"] >= 10 * 0.1
+    assert stats["utilization"] < 0.2
+    # The input generator's own time is not the parent's overhead.
+    assert stats["parent_seconds"] < 0.5
+
+
+def test_failures_are_counted_by_kind_and_kills_replace_workers(tmp_path: Path) -> None:
+    report = run_case("mix", tmp_path)
+    stats = report["stats"]
+    kinds = list(report["errors"].values())
+    raised = kinds.count("ValueError")
+    assert raised == sum(1 for line in stats_cases.mixed_lines() if line.startswith("raise"))
+    assert kinds.count("TaskTimeoutError") == 2
+    assert kinds.count("WorkerCrashedError") == 1
+    assert stats["raised"] == raised
+    assert stats["timed_out"] == 2
+    assert stats["crashed"] == 1
+    assert stats["memory"] == 0
+    assert stats["failed"] == len(kinds)
+    assert stats["items"] == 40
+    assert stats["succeeded"] == 40 - len(kinds)
+    # Two timeouts and one crash: three workers killed, three replacements.
+    assert stats["workers_replaced"] == 3
+    assert stats["workers_started"] == 2 + 3
+    svg = report["svg"]
+    assert svg["lanes"] == 2  # replacements take their predecessor's lane
+    assert svg["kills"] == 3
+    assert svg["spawns"] == 3
+    assert svg["bars"] == svg["titled"]
+    assert svg["covered"] == 40
+    assert len(svg["fills"]) == 4  # succeeded, raised, timed out, crashed
+
+
+def test_retried_counts_the_extra_attempts(tmp_path: Path) -> None:
+    stats = run_case("retries", tmp_path)["stats"]
+    assert stats["retried"] == 4 * 2
+    assert stats["raised"] == stats["failed"] == 4
+    assert stats["resumed"] == 0
+    indexes = [index for index, _ in stats["slowest"]]
+    assert sorted(indexes) == [0, 1, 2, 3]  # each item once
+
+
+@pytest.mark.parametrize("case", ["imap", "aimap"])
+def test_iterators_carry_stats_once_exhausted(case: str, tmp_path: Path) -> None:
+    report = run_case(case, tmp_path)
+    assert report["before"] is True
+    assert report["outcomes"] == 8
+    assert report["stats"]["items"] == 8
+    assert report["stats"]["min"] >= 0.01
+
+
+def test_a_hundred_thousand_items_draw_as_merged_runs(tmp_path: Path) -> None:
+    report = run_case("many", tmp_path)
+    assert report["stats"]["items"] == 100_000
+    svg = report["svg"]
+    assert svg["lanes"] == 2
+    assert svg["bars"] == svg["titled"]
+    assert svg["bars"] <= 2 * (WIDTH + 1)
+    assert svg["covered"] == 100_000
+
+
+@pytest.mark.parametrize("backend", ["thread", "serial"])
+def test_other_backends_fill_in_what_they_measure(backend: str, tmp_path: Path) -> None:
+    report = run_case(backend, tmp_path)
+    stats = report["stats"]
+    assert stats["items"] == stats["succeeded"] == 8
+    index, seconds = stats["slowest"][0]
+    assert index == 3
+    assert seconds >= 0.2
+    assert report["svg"]["lanes"] == stats["workers"]
+
+
+def test_the_table_and_the_dict() -> None:
+    stats = MapStats(wall=2.0, items=3, succeeded=2, failed=1, raised=1, slowest=((4, 0.5),))
+    text = str(stats)
+    assert text.splitlines()[0].split() == ["wall", "2.000", "s"]
+    assert "raised 1" in text
+    assert "#4 500.0 ms" in text
+    data = json.loads(json.dumps(stats.to_dict()))
+    assert data["slowest"] == [[4, 0.5]]
+    assert "_bars" not in data
+    assert set(data) >= {"wall", "utilization", "parent_seconds", "workers_replaced", "p95"}
+    with pytest.raises(AttributeError):
+        stats.wall = 1.0  # type: ignore[misc]
+
+
+def test_a_result_built_by_hand_has_empty_stats() -> None:
+    res = MapResult.from_outcomes([Outcome(0, "a")])
+    assert res.stats == MapStats()
+    assert res.stats.items == 0
+
+
+def test_out_of_memory_is_recognised_by_name() -> None:
+    class WorkerMemoryError(WorkerCrashedError):
+        pass
+
+    assert failure_kind(WorkerMemoryError(3, -9)) == MEMORY
+    assert failure_kind(WorkerCrashedError(3, -9)) == "crashed"
+    assert failure_kind(ValueError()) == RAISED
+
+
+def _titles(svg: str) -> list[str]:
+    root = ET.fromstring(svg)
+    return [bar.findtext(f"{SVG}title") or "" for bar in root.iter(f"{SVG}rect")]
+
+
+def test_render_draws_each_visible_item_with_its_index() -> None:
+    bars: list[Bar] = [(i % 2, i * 0.1, i * 0.1 + 0.09, i, 1, OK) for i in range(10)]
+    bars[4] = (0, 0.4, 0.49, 4, 1, TIMED_OUT)
+    titles = [t for t in _titles(render(bars, [(0, 0.49, "kill")], 0.0, 1.0)) if t]
+    assert len(titles) == 10
+    assert "item 4: timed out, 90.0 ms" in titles
+    assert {int(re.match(r"item (\d+)", t).group(1)) for t in titles} == set(range(10))  # type: ignore[union-attr]
+
+
+def test_render_merges_bars_narrower_than_a_pixel() -> None:
+    n = 100_000
+    bars: list[Bar] = [(0, i * 1e-5, i * 1e-5 + 9e-6, i, 1, OK) for i in range(n)]
+    bars[500] = (0, 500e-5, 500e-5 + 9e-6, 500, 1, RAISED)
+    titles = [t for t in _titles(render(bars, [], 0.0, 1.0)) if t]
+    assert len(titles) <= WIDTH + 3
+    covered = sum(int(m.group(1)) if (m := re.match(r"(\d+) items", t)) else 1 for t in titles)
+    assert covered == n
+    assert "item 500: raised, 9.00 µs" in titles
+
+
+def test_cli_prints_the_table_and_writes_the_timeline(tmp_path: Path) -> None:
+    svg = tmp_path / "map.svg"
+    proc = run_cli(
+        "run",
+        "cli_tasks:upper",
+        "--workers",
+        "2",
+        "--stats",
+        "--timeline",
+        str(svg),
+        stdin="alpha\nbeta\ngamma\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [r["value"] for r in records(proc.stdout)] == ["ALPHA", "BETA", "GAMMA"]
+    assert re.search(r"^items\s+3: 3 succeeded, 0 failed", proc.stderr, re.M), proc.stderr
+    assert re.search(r"^utilization\s+\d+%", proc.stderr, re.M)
+    root = ET.parse(svg).getroot()
+    assert len(root.findall(f"{SVG}g[@class='lane']")) == 2
