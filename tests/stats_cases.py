@@ -16,6 +16,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from parmap import MapStats, Pool, aimap, imap, pmap
@@ -151,6 +152,10 @@ def run(case: str) -> tuple[MapStats, dict[str, Any]]:
         return res.stats, extra
     if case in ("thread", "serial"):
         with Pool(workers=2, backend=case) as pool:
+            res = pmap_on(pool)
+        return res.stats, extra
+    if case == "executor":
+        with ThreadPoolExecutor(2) as executor, Pool(workers=2, backend=executor) as pool:
             res = pmap_on(pool)
         return res.stats, extra
     raise SystemExit(f"unknown case {case!r}")

@@ -139,7 +139,7 @@ def test_a_hundred_thousand_items_draw_as_merged_runs(tmp_path: Path) -> None:
     assert svg["covered"] == 100_000
 
 
-@pytest.mark.parametrize("backend", ["thread", "serial"])
+@pytest.mark.parametrize("backend", ["thread", "serial", "executor"])
 def test_other_backends_fill_in_what_they_measure(backend: str, tmp_path: Path) -> None:
     report = run_case(backend, tmp_path)
     stats = report["stats"]

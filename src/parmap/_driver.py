@@ -14,13 +14,13 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
 from contextlib import suppress
 from itertools import islice
-from time import thread_time
 from typing import Any, TypeVar
 
 from ._engine import Engine
 from ._progress import Progress
 from ._results import Outcome
 from ._scheduler import Job, Segment
+from ._stats import cpu
 
 T = TypeVar("T")
 
@@ -29,11 +29,11 @@ def _feed(engine: Engine, job: Job, source: Iterator[Any]) -> None:
     want = engine.sched.want(job)
     if want <= 0:
         return
-    started = thread_time()
+    started = cpu()
     try:
         args = list(islice(source, want))
         # The input's own time is not the parent's overhead (MapStats).
-        job.stats.parent -= thread_time() - started
+        job.stats.parent -= cpu() - started
     except BaseException as exc:
         engine.sched.input_failed(job, exc, time.monotonic())
         engine.execute()
@@ -86,11 +86,11 @@ def iterate(
             if job.finished:
                 break
             with engine.turn():
-                started = thread_time()
+                started = cpu()
                 _feed(engine, job, source)
                 if not (job.ready or job.finished):
                     engine.pump()
-                job.stats.parent += thread_time() - started
+                job.stats.parent += cpu() - started
             progress.update(job)
         job.stats.ended = time.monotonic()
         progress.update(job)
@@ -166,9 +166,9 @@ async def aiterate(
             if job.finished:
                 break
             if feeder is None:
-                started = thread_time()
+                started = cpu()
                 _feed(engine, job, source)  # type: ignore[arg-type]
-                job.stats.parent += thread_time() - started
+                job.stats.parent += cpu() - started
                 if job.ready or job.finished:
                     continue
             await engine.changed(job)

@@ -341,12 +341,12 @@ class Scheduler:
             self._tasks[wid] = 0
             self._commands.append(Spawn(wid))
             for job in self.jobs:
-                job.stats.spawned(wid, self._now, replacement=wid >= self.workers)
+                job.stats.spawned(wid, replacement=wid >= self.workers)
 
     def _remove_slot(self, slot: Slot, command: Command) -> Chunk | None:
         del self.slots[slot.wid]
         for job in self.jobs:
-            job.stats.gone(slot.wid, self._now, killed=isinstance(command, Kill))
+            job.stats.gone(slot.wid, killed=isinstance(command, Kill))
         self._tasks.pop(slot.wid, None)
         self._commands.append(command)
         chunk, slot.chunk = slot.chunk, None

@@ -33,6 +33,11 @@ Mark = tuple[int, float, str]
 """An event on a lane: ``(lane, time, "kill" | "spawn")``."""
 
 
+def cpu() -> float:
+    """The calling thread's CPU time (0 while collection is off, see ``ENABLED``)."""
+    return time.thread_time() if ENABLED else 0.0
+
+
 def failure_kind(error: BaseException) -> str:
     """Classify a final failure: raised, timed out, crashed, or out of memory."""
     from ._results import TaskTimeoutError, WorkerCrashedError
@@ -135,23 +140,27 @@ class Recorder:
         lane = self.lane(wid)
         self.bars.append((lane, min(since, now), now, index, 1, kind))
 
-    def gone(self, wid: int, now: float, *, killed: bool) -> None:
-        """Worker ``wid`` stopped; a killed one is marked on its lane."""
+    def gone(self, wid: int, *, killed: bool) -> None:
+        """Worker ``wid`` stopped; a killed one is marked on its lane.
+
+        Marks are dated here: the scheduler's latest event time may be stale
+        when a map is cancelled or a pool starts.
+        """
         lane = self._lanes.get(wid)
         if lane is None:
             return
         self._live.discard(lane)
         if killed and ENABLED:
-            self.marks.append((lane, now, "kill"))
+            self.marks.append((lane, time.monotonic(), "kill"))
 
-    def spawned(self, wid: int, now: float, *, replacement: bool) -> None:
+    def spawned(self, wid: int, *, replacement: bool) -> None:
         """Worker ``wid`` was started while this map ran."""
         self.started += 1
         lane = self.lane(wid)
         if replacement:
             self.replaced += 1
             if ENABLED:
-                self.marks.append((lane, now, "spawn"))
+                self.marks.append((lane, time.monotonic(), "spawn"))
 
     def failure(self, error: BaseException) -> None:
         """An item failed for good (after its retries)."""
