@@ -135,6 +135,14 @@ def run(case: str) -> tuple[MapStats, dict[str, Any]]:
         extra["outcomes"] = 1 + len(rest)
         assert it.stats is not None
         return it.stats, extra
+    if case == "imap_raise":
+        it = imap(always_raise, range(6), workers=2)
+        try:
+            list(it)
+        except KeyError as exc:
+            extra["raised"] = exc.args[0]
+        assert it.stats is not None
+        return it.stats, extra
     if case == "aimap":
 
         async def main() -> MapStats:

@@ -44,6 +44,10 @@ def run_case(case: str, tmp_path: Path) -> dict[str, Any]:
     assert proc.returncode == 0, proc.stderr
     report: dict[str, Any] = json.loads(proc.stdout)
     ET.parse(svg)  # the picture is well-formed XML
+    stats = report["stats"]
+    assert stats["items"] == stats["succeeded"] + stats["failed"]
+    assert stats["failed"] == sum(stats[k] for k in ("raised", "timed_out", "crashed", "memory"))
+    assert 0.0 <= stats["utilization"] <= 1.0
     return report
 
 
@@ -127,6 +131,12 @@ def test_iterators_carry_stats_once_exhausted(case: str, tmp_path: Path) -> None
     assert report["outcomes"] == 8
     assert report["stats"]["items"] == 8
     assert report["stats"]["min"] >= 0.01
+
+
+def test_an_iterator_ended_by_the_maps_error_has_stats(tmp_path: Path) -> None:
+    report = run_case("imap_raise", tmp_path)
+    assert report["raised"] in range(6)
+    assert report["stats"]["raised"] == report["stats"]["failed"] == 1
 
 
 def test_a_hundred_thousand_items_draw_as_merged_runs(tmp_path: Path) -> None:

@@ -135,10 +135,7 @@ class _Call:
         """The map's figures (once it ran), see ``MapStats``."""
         if self.job is None:
             return None
-        job = self.job
-        return job.stats.snapshot(
-            workers=self.engine.sched.workers, items=job.completed, failed=job.failures
-        )
+        return self.job.stats.snapshot(workers=self.engine.sched.workers)
 
     def iterator(self, pool: Pool | None = None) -> MapIterator[Any]:
         """``stream()`` with ``.stats``; closes ``pool`` (a temporary one) at the end."""

@@ -75,8 +75,10 @@ def iterate(
     try:
         with engine.turn():
             engine.check_open()
+            started = cpu()
             job = new_job()
-            engine.execute()
+            engine.execute()  # starting workers is the parent's own time too
+            job.stats.parent += cpu() - started
         while True:
             segment = job.take()
             if segment is not None:
@@ -152,8 +154,10 @@ async def aiterate(
     job: Job | None = None
     feeder: asyncio.Task[None] | None = None
     try:
+        started = cpu()
         job = new_job()
-        engine.execute()
+        engine.execute()  # starting workers is the parent's own time too
+        job.stats.parent += cpu() - started
         if isinstance(source, AsyncIterator):
             feeder = loop.create_task(_feed_async(engine, job, source))
         while True:

@@ -14,7 +14,8 @@ T = TypeVar("T")
 
 class MapIterator(Generator[Outcome[T], None, None]):
     """``imap``'s generator of outcomes; ``stats`` is the map's ``MapStats``
-    once the iterator is exhausted (``None`` before)."""
+    once the iterator is exhausted, or ended by the map's error (``None``
+    before, and after leaving it early)."""
 
     __slots__ = ("_inner", "_source", "_stats")
 
@@ -39,7 +40,8 @@ class MapIterator(Generator[Outcome[T], None, None]):
         """Resume the map; the next outcome."""
         try:
             return self._inner.send(value)
-        except StopIteration:
+        except BaseException:
+            # Stopped or raised: either way the map is over.
             self._finish()
             raise
 
@@ -50,11 +52,7 @@ class MapIterator(Generator[Outcome[T], None, None]):
         tb: TracebackType | None = None,
     ) -> Outcome[T]:
         """Raise inside the map (it stops and cancels its work)."""
-        try:
-            return self._inner.throw(_exception(typ, val))
-        except StopIteration:
-            self._finish()
-            raise
+        return self._inner.throw(_exception(typ, val))
 
     def close(self) -> None:
         """Stop the map early; its unfinished work is cancelled."""
@@ -82,7 +80,8 @@ class AsyncMapIterator(AsyncGenerator[Outcome[T], None]):
         """Resume the map; the next outcome."""
         try:
             return await self._inner.asend(value)
-        except StopAsyncIteration:
+        except BaseException:
+            # Stopped or raised: either way the map is over.
             if self._source is not None:
                 self._stats = self._source()
                 self._source = None

@@ -685,6 +685,8 @@ class Scheduler:
             slot.since = slot.queued_at
         job.stats.batch(wid, chunk.start + first, count, errors, busy, slices, now)
         if not job.closed:
+            # A failed position may yet be retried: it counts when it is final.
+            job.stats.succeeded += count - (len(errors) if errors else 0)
             estimate = busy / count
             job.item_time = (
                 estimate if job.item_time is None else 0.5 * job.item_time + 0.5 * estimate

@@ -14,6 +14,7 @@ Worker and parent times are comparable: ``time.monotonic`` is system-wide.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,7 @@ class Recorder:
         "replaced",
         "retried",
         "started",
+        "succeeded",
         "t0",
     )
 
@@ -79,6 +81,7 @@ class Recorder:
         self.busy = 0.0
         self.failures: dict[str, int] = {RAISED: 0, TIMED_OUT: 0, CRASHED: 0, MEMORY: 0}
         self.retried = 0
+        self.succeeded = 0
         self.started = 0
         self.replaced = 0
         self.parent = 0.0
@@ -166,15 +169,16 @@ class Recorder:
         """An item failed for good (after its retries)."""
         self.failures[failure_kind(error)] += 1
 
-    def snapshot(self, *, workers: int, items: int, failed: int) -> MapStats:
+    def snapshot(self, *, workers: int) -> MapStats:
         """Freeze what was recorded (the map's end is now, unless recorded)."""
         end = self.ended if self.ended is not None else time.monotonic()
         wall = max(end - self.t0, 0.0)
         measured = [bar for bar in self.bars if bar[5] in (OK, RAISED)]
+        failed = sum(self.failures.values())
         return MapStats(
             wall=wall,
-            items=items,
-            succeeded=items - failed,
+            items=self.succeeded + failed,
+            succeeded=self.succeeded,
             failed=failed,
             raised=self.failures[RAISED],
             timed_out=self.failures[TIMED_OUT],
@@ -273,7 +277,7 @@ class MapStats:
             out[name] = [list(pair) for pair in value] if name == "slowest" else value
         return out
 
-    def timeline(self, path: str) -> None:
+    def timeline(self, path: str | os.PathLike[str]) -> None:
         """Write an SVG: one lane per worker over time, each item a bar by outcome."""
         from ._timeline import render
 
