@@ -61,6 +61,12 @@ def always_raise(x: int) -> int:
     raise KeyError(x)
 
 
+def every_third_raises(word: str) -> str:
+    if len(word) % 3 == 0:
+        raise ValueError(word)
+    return word.upper()
+
+
 def mixed_lines() -> list[str]:
     lines = []
     for i in range(40):
@@ -81,6 +87,16 @@ def slow_source(count: int, every: float) -> Iterator[bytes]:
         yield b"x" * (i + 1)
 
 
+def title_counts(title: str) -> list[tuple[str, int]]:
+    """``(outcome, items)`` that one bar's title names."""
+    one = re.match(r"item \d+: ([a-z ]+),", title)
+    if one:
+        return [(one.group(1), 1)]
+    many = re.match(r"\d+ items \(\d+ … \d+\): (.*);", title)
+    assert many, title
+    return [(outcome, int(n)) for n, outcome in re.findall(r"(\d+) ([a-z ]+)", many.group(1))]
+
+
 def svg_facts(path: str) -> dict[str, Any]:
     """What a person sees in the timeline: lanes, bars with titles, marks."""
     root = ET.parse(path).getroot()
@@ -88,15 +104,17 @@ def svg_facts(path: str) -> dict[str, Any]:
     bars = root.findall(f"{SVG}rect[@class='bar']")
     titled = [bar for bar in bars if bar.find(f"{SVG}title") is not None]
     covered = 0
+    by_outcome: dict[str, int] = {}
     for bar in bars:
-        title = bar.findtext(f"{SVG}title") or ""
-        many = re.match(r"(\d+) items", title)
-        covered += int(many.group(1)) if many else 1
+        for outcome, items in title_counts(bar.findtext(f"{SVG}title") or ""):
+            covered += items
+            by_outcome[outcome] = by_outcome.get(outcome, 0) + items
     return {
         "lanes": len(lanes),
         "bars": len(bars),
         "titled": len(titled),
         "covered": covered,
+        "by_outcome": by_outcome,
         "fills": sorted({bar.get("fill", "") for bar in bars}),
         "kills": len(root.findall(f"{SVG}g[@class='kill']")),
         "spawns": len(root.findall(f"{SVG}g[@class='spawn']")),
@@ -123,6 +141,11 @@ def run(case: str) -> tuple[MapStats, dict[str, Any]]:
     if case == "mix":
         res = pmap(mixed, mixed_lines(), workers=2, timeout=1.0, on_error="collect")
         extra["errors"] = {str(i): type(e).__name__ for i, e in res.errors.items()}
+        return res.stats, extra
+    if case == "tiny_raises":
+        words = ["ab" + "c" * (i % 3) for i in range(3000)]  # lengths 2, 3, 4
+        res = pmap(every_third_raises, words, workers=2, on_error="collect")
+        assert len(res.errors) == 1000
         return res.stats, extra
     if case == "retries":
         res = pmap(always_raise, range(4), workers=2, retries=2, on_error="collect")

@@ -115,6 +115,13 @@ def test_failures_are_counted_by_kind_and_kills_replace_workers(tmp_path: Path) 
     assert len(svg["fills"]) == 4  # succeeded, raised, timed out, crashed
 
 
+def test_tiny_items_that_raise_are_drawn_apart_from_their_slice(tmp_path: Path) -> None:
+    report = run_case("tiny_raises", tmp_path)
+    assert report["stats"]["raised"] == 1000
+    assert report["svg"]["covered"] == 3000
+    assert report["svg"]["by_outcome"] == {"succeeded": 2000, "raised": 1000}
+
+
 def test_retried_counts_the_extra_attempts(tmp_path: Path) -> None:
     stats = run_case("retries", tmp_path)["stats"]
     assert stats["retried"] == 4 * 2
@@ -194,24 +201,46 @@ def _titles(svg: str) -> list[str]:
     return [bar.findtext(f"{SVG}title") or "" for bar in root.iter(f"{SVG}rect")]
 
 
+def _covered(titles: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for title in titles:
+        for outcome, items in stats_cases.title_counts(title):
+            out[outcome] = out.get(outcome, 0) + items
+    return out
+
+
 def test_render_draws_each_visible_item_with_its_index() -> None:
     bars: list[Bar] = [(i % 2, i * 0.1, i * 0.1 + 0.09, i, 1, OK) for i in range(10)]
     bars[4] = (0, 0.4, 0.49, 4, 1, TIMED_OUT)
     titles = [t for t in _titles(render(bars, [(0, 0.49, "kill")], 0.0, 1.0)) if t]
     assert len(titles) == 10
     assert "item 4: timed out, 90.0 ms" in titles
-    assert {int(re.match(r"item (\d+)", t).group(1)) for t in titles} == set(range(10))  # type: ignore[union-attr]
+    indexes = {int(m.group(1)) for t in titles if (m := re.match(r"item (\d+)", t))}
+    assert indexes == set(range(10))
 
 
 def test_render_merges_bars_narrower_than_a_pixel() -> None:
     n = 100_000
     bars: list[Bar] = [(0, i * 1e-5, i * 1e-5 + 9e-6, i, 1, OK) for i in range(n)]
-    bars[500] = (0, 500e-5, 500e-5 + 9e-6, 500, 1, RAISED)
-    titles = [t for t in _titles(render(bars, [], 0.0, 1.0)) if t]
+    for i in range(0, n, 3):  # a third fail, interleaved: runs hold both
+        bars[i] = (0, i * 1e-5, i * 1e-5 + 9e-6, i, 1, RAISED)
+    svg = render(bars, [], 0.0, 1.0)
+    titles = [t for t in _titles(svg) if t]
     assert len(titles) <= WIDTH + 3
-    covered = sum(int(m.group(1)) if (m := re.match(r"(\d+) items", t)) else 1 for t in titles)
-    assert covered == n
-    assert "item 500: raised, 9.00 µs" in titles
+    assert _covered(titles) == {"succeeded": n - 33_334, "raised": 33_334}
+    root = ET.fromstring(svg)
+    # Runs of mostly successes show their failures as a strip.
+    assert len(root.findall(f"{SVG}rect[@class='minor']")) == len(titles)
+
+
+def test_a_lone_failure_among_long_items_keeps_its_own_bar() -> None:
+    bars: list[Bar] = [
+        (0, 0.0, 0.4, 0, 1, OK),
+        (0, 0.4, 0.4, 1, 1, RAISED),
+        (0, 0.4, 1.0, 2, 1, OK),
+    ]
+    titles = [t for t in _titles(render(bars, [], 0.0, 1.0)) if t]
+    assert titles[1].startswith("item 1: raised")
 
 
 def test_cli_prints_the_table_and_writes_the_timeline(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,14 +108,14 @@ class Recorder:
         wid: int,
         first: int,
         count: int,
-        errors: Any,
+        errors: Collection[int] | None,
         busy: float,
         slices: list[Slice] | None,
         now: float,
     ) -> None:
         """Outcomes ``first .. first+count-1`` came from worker ``wid``.
 
-        ``errors`` (positions in the batch) colour their slices; without
+        ``errors`` (positions in the batch) fail their items; without
         ``slices`` (backends that report a batch as a whole) the batch is one
         slice ending now.
         """
@@ -130,11 +131,29 @@ class Recorder:
         pos = 0
         for t0, t1, n in slices:
             self.busy += t1 - t0
-            outcome = OK
             if errors and any(pos <= e < pos + n for e in errors):
-                outcome = RAISED
-            bars.append((lane, t0, t1, first + pos, n, outcome))
+                self._split(lane, t0, t1, first + pos, n, [e - pos for e in errors])
+            else:
+                bars.append((lane, t0, t1, first + pos, n, OK))
             pos += n
+
+    def _split(
+        self, lane: int, t0: float, t1: float, first: int, n: int, failed: list[int]
+    ) -> None:
+        """A slice with failures: runs of successes and a bar per failure, each
+        item taking the slice's mean (a raise ends a slice, so its item is
+        usually the last, alone)."""
+        each = (t1 - t0) / n
+        start = 0
+        for pos in sorted(p for p in failed if 0 <= p < n):
+            if pos > start:
+                self.bars.append(
+                    (lane, t0 + start * each, t0 + pos * each, first + start, pos - start, OK)
+                )
+            self.bars.append((lane, t0 + pos * each, t0 + (pos + 1) * each, first + pos, 1, RAISED))
+            start = pos + 1
+        if start < n:
+            self.bars.append((lane, t0 + start * each, t1, first + start, n - start, OK))
 
     def lost(self, wid: int, index: int, since: float, now: float, kind: str) -> None:
         """Worker ``wid`` was killed or died running item ``index`` (started by ``since``)."""

@@ -66,24 +66,8 @@ def render(bars: Iterable[Bar], marks: Iterable[Mark], t0: float, wall: float) -
             f'<text x="{LEFT - 8}" y="{y + LANE / 2 + 4}" text-anchor="end">worker {lane}</text>'
             "</g>"
         )
-    for lane, a, b, first, last, count, outcome, seconds in _runs(bars, x):
-        y = TOP + lane * (LANE + GAP)
-        if count == 1:
-            what = f"item {first}: {LABELS[outcome]}, {_secs(seconds)}"
-        else:
-            what = (
-                f"{count} items ({first} … {last}), {LABELS[outcome]}, "
-                f"{_secs(seconds / count)} each"
-            )
-        # A failure must show even when it took no time.
-        least = 1.0 if outcome == OK else 3.0
-        # Wide bars get a hairline edge so that neighbours stay apart.
-        edge = ' stroke="white" stroke-width="0.6"' if b - a >= 4 else ""
-        out.append(
-            f'<rect class="bar" x="{a:.2f}" y="{y + 2}" width="{max(b - a, least):.2f}" '
-            f'height="{LANE - 4}" fill="{COLOURS[outcome]}"{edge}>'
-            f"<title>{escape(what)}</title></rect>"
-        )
+    for run in _runs(bars, x):
+        out.extend(_draw(run, TOP + run.lane * (LANE + GAP)))
     for lane, t, kind in marks:
         y = TOP + lane * (LANE + GAP)
         px = x(t)
@@ -103,64 +87,90 @@ def render(bars: Iterable[Bar], marks: Iterable[Mark], t0: float, wall: float) -
     return "\n".join(out) + "\n"
 
 
-Drawn = tuple[int, float, float, int, int, int, str, float]
-"""A drawn rectangle: ``(lane, x0, x1, first, last, count, outcome, seconds)``."""
-
-
 @dataclass(slots=True)
 class _Run:
+    """What one rectangle shows: items ``first … last`` of a lane, by outcome."""
+
     lane: int
-    a: float
+    a: float  # left and right edges, in pixels
     b: float
     first: int
     last: int
-    count: int
-    outcome: str
+    counts: dict[str, int]
     seconds: float
 
-    def drawn(self) -> Drawn:
-        return (
-            self.lane,
-            self.a,
-            self.b,
-            self.first,
-            self.last,
-            self.count,
-            self.outcome,
-            self.seconds,
-        )
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, b: float, first: int, count: int, outcome: str, seconds: float) -> None:
+        self.b = max(self.b, b)
+        self.first = min(self.first, first)
+        self.last = max(self.last, first + count - 1)
+        self.counts[outcome] = self.counts.get(outcome, 0) + count
+        self.seconds += seconds
 
 
-def _runs(bars: list[Bar], x: Callable[[float], float]) -> Iterator[Drawn]:
-    """Bars as drawn (see ``Drawn``).
-
-    A bar of a pixel or more is drawn alone; narrower ones on the same lane
-    with the same outcome join a run until it is a pixel wide (or a gap of a
-    pixel or more, or another outcome, ends it).
-    """
+def _runs(bars: list[Bar], x: Callable[[float], float]) -> Iterator[_Run]:
+    """Bars as drawn: one of a pixel or more alone; narrower ones on the same
+    lane join a run until it is a pixel wide (a gap of a pixel ends it too)."""
     run: _Run | None = None
     for lane, t0, t1, first, count, outcome in bars:
         a, b = x(t0), x(t1)
-        last = first + count - 1
-        if run is not None and (run.lane != lane or run.outcome != outcome or a - run.b >= 1.0):
-            yield run.drawn()
+        wide = b - a >= 1.0
+        if run is not None and (wide or run.lane != lane or a - run.b >= 1.0):
+            yield run
             run = None
+        if wide:
+            yield _Run(lane, a, b, first, first + count - 1, {outcome: count}, t1 - t0)
+            continue
         if run is None:
-            if b - a >= 1.0:
-                yield (lane, a, b, first, last, count, outcome, t1 - t0)
-                continue
-            run = _Run(lane, a, b, first, last, count, outcome, t1 - t0)
+            run = _Run(lane, a, b, first, first + count - 1, {outcome: count}, t1 - t0)
         else:
-            run.b = max(run.b, b)
-            run.first = min(run.first, first)
-            run.last = max(run.last, last)
-            run.count += count
-            run.seconds += t1 - t0
+            run.add(b, first, count, outcome, t1 - t0)
         if run.b - run.a >= 1.0:
-            yield run.drawn()
+            yield run
             run = None
     if run is not None:
-        yield run.drawn()
+        yield run
+
+
+def _draw(run: _Run, y: float) -> list[str]:
+    """A run's rectangle, coloured by its most common outcome, with its title.
+
+    Failures that a run of mostly successes holds show as a strip along its
+    foot, so that merging never hides a failure.
+    """
+    counts, count = run.counts, run.count
+    # Most common first; on a tie, a failure before a success.
+    ranked = sorted(counts, key=lambda o: (-counts[o], o == OK))
+    main = ranked[0]
+    if count == 1:
+        what = f"item {run.first}: {LABELS[main]}, {_secs(run.seconds)}"
+    else:
+        parts = ", ".join(f"{counts[o]} {LABELS[o]}" for o in ranked)
+        what = (
+            f"{count} items ({run.first} … {run.last}): {parts}; {_secs(run.seconds / count)} each"
+        )
+    # A failure must show even when it took no time; an item that cost its
+    # worker grows leftwards, clear of the kill mark at its end.
+    lost = main in (TIMED_OUT, CRASHED, MEMORY)
+    width = max(run.b - run.a, 1.0 if main == OK else 4.0 if lost else 3.0)
+    left = run.b - width if lost else run.a
+    # Wide bars get a hairline edge so that neighbours stay apart.
+    edge = ' stroke="white" stroke-width="0.6"' if width >= 4 else ""
+    out = [
+        f'<rect class="bar" x="{left:.2f}" y="{y + 2}" width="{width:.2f}" '
+        f'height="{LANE - 4}" fill="{COLOURS[main]}"{edge}>'
+        f"<title>{escape(what)}</title></rect>"
+    ]
+    failures = [o for o in ranked if o != OK]
+    if main == OK and failures:
+        out.append(
+            f'<rect class="minor" x="{run.a:.2f}" y="{y + LANE - 6}" width="{width:.2f}" '
+            f'height="4" fill="{COLOURS[failures[0]]}"/>'
+        )
+    return out
 
 
 def _legend() -> list[str]:
