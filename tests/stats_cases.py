@@ -57,6 +57,42 @@ def mixed(text: str) -> str:
     return text[::-1]
 
 
+PARENT_BURN = 0.005
+
+
+def burn_cpu(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+class CostlyInParent:
+    """Costs the parent CPU time to pickle (as an argument) and to unpickle
+    (as a result); cheap in the worker."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if os.getpid() == PARENT_PID:
+            burn_cpu(PARENT_BURN)  # pickling an argument, in the parent
+            return (CostlyInParent, (self.text,))
+        return (rebuild_in_parent, (self.text,))
+
+
+def rebuild_in_parent(text: str) -> CostlyInParent:
+    burn_cpu(PARENT_BURN)  # unpickling a result, in the parent
+    return CostlyInParent(text)
+
+
+def shout(item: CostlyInParent) -> CostlyInParent:
+    return CostlyInParent(item.text.upper())
+
+
+PARENT_PID = os.getpid()
+
+
 def always_raise(x: int) -> int:
     raise KeyError(x)
 
@@ -146,6 +182,11 @@ def run(case: str) -> tuple[MapStats, dict[str, Any]]:
         words = ["ab" + "c" * (i % 3) for i in range(3000)]  # lengths 2, 3, 4
         res = pmap(every_third_raises, words, workers=2, on_error="collect")
         assert len(res.errors) == 1000
+        return res.stats, extra
+    if case == "parent":
+        items = [CostlyInParent(f"line {i}") for i in range(30)]
+        res = pmap(shout, items, workers=2, chunksize=1)
+        assert [r.text for r in res] == [f"LINE {i}" for i in range(30)]
         return res.stats, extra
     if case == "retries":
         res = pmap(always_raise, range(4), workers=2, retries=2, on_error="collect")

@@ -88,6 +88,13 @@ def test_a_slow_input_starves_the_workers(tmp_path: Path) -> None:
     assert stats["parent_seconds"] < 0.5
 
 
+def test_parent_seconds_count_pickling_and_unpickling(tmp_path: Path) -> None:
+    stats = run_case("parent", tmp_path)["stats"]
+    # 30 arguments and 30 results, each costing the parent 5 ms of CPU.
+    assert stats["parent_seconds"] >= 60 * stats_cases.PARENT_BURN
+    assert stats["parent_seconds"] <= stats["wall"]
+
+
 def test_failures_are_counted_by_kind_and_kills_replace_workers(tmp_path: Path) -> None:
     report = run_case("mix", tmp_path)
     stats = report["stats"]
