@@ -1,10 +1,11 @@
 """Draw a map's timeline as SVG, by hand: one lane per worker, a bar per item.
 
 No plotting dependency: the picture is a few hundred lines of SVG text at
-most. Bars narrower than a pixel are merged, per lane and outcome, into runs
-at least a pixel wide, so a map of 100,000 tiny items draws about as many
-rectangles as the picture has pixels across, and each run says on hover
-(``<title>``) which items it holds.
+most. Bars narrower than a pixel are merged, per lane, into runs at least a
+pixel wide, so a map of 100,000 tiny items draws at most about as many
+rectangles per lane as the picture has pixels across. Each run says on hover
+(``<title>``) which items it holds and how they ended, takes the colour of
+its most common outcome, and shows the failures it hides as a strip.
 """
 
 from __future__ import annotations
