@@ -188,6 +188,12 @@ def run(case: str) -> tuple[MapStats, dict[str, Any]]:
         res = pmap(shout, items, workers=2, chunksize=1)
         assert [r.text for r in res] == [f"LINE {i}" for i in range(30)]
         return res.stats, extra
+    if case == "warm_crash":
+        # On a warm pool, the first item of the map crashes its worker.
+        with Pool(workers=2) as pool:
+            pool.pmap(length, [b"warm", b"up"])
+            res = pool.pmap(mixed, ["crash 0"] + ["line"] * 9, on_error="collect")
+        return res.stats, extra
     if case == "retries":
         res = pmap(always_raise, range(4), workers=2, retries=2, on_error="collect")
         return res.stats, extra

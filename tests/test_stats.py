@@ -129,6 +129,15 @@ def test_tiny_items_that_raise_are_drawn_apart_from_their_slice(tmp_path: Path) 
     assert report["svg"]["by_outcome"] == {"succeeded": 2000, "raised": 1000}
 
 
+def test_a_warm_pool_keeps_one_lane_per_worker_through_a_crash(tmp_path: Path) -> None:
+    report = run_case("warm_crash", tmp_path)
+    stats = report["stats"]
+    assert stats["crashed"] == 1
+    assert stats["workers_started"] == stats["workers_replaced"] == 1
+    assert report["svg"]["lanes"] == 2
+    assert report["svg"]["kills"] == 1
+
+
 def test_retried_counts_the_extra_attempts(tmp_path: Path) -> None:
     stats = run_case("retries", tmp_path)["stats"]
     assert stats["retried"] == 4 * 2

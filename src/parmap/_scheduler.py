@@ -329,6 +329,8 @@ class Scheduler:
             job.closed = True
             return job
         job.item_time = self._item_times.get(job.fn_key)
+        for wid in self.slots:
+            job.stats.lane(wid)  # a warm pool's workers keep their order
         self.jobs.append(job)
         self._fill()
         return job

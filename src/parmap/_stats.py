@@ -159,7 +159,10 @@ class Recorder:
         """Worker ``wid`` was killed or died running item ``index`` (started by ``since``)."""
         if not ENABLED:
             return
+        known = wid in self._lanes
         lane = self.lane(wid)
+        if not known:
+            self._live.discard(lane)  # the worker is gone already
         self.bars.append((lane, min(since, now), now, index, 1, kind))
 
     def gone(self, wid: int, *, killed: bool) -> None:
