@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from parmap import MapResult, MapStats, Outcome, WorkerCrashedError
+from parmap import MapResult, MapStats, Outcome, WorkerCrashedError, _stats
 from parmap._stats import MEMORY, OK, RAISED, TIMED_OUT, Bar, failure_kind
 from parmap._timeline import WIDTH, render
 
@@ -277,3 +277,22 @@ def test_cli_prints_the_table_and_writes_the_timeline(tmp_path: Path) -> None:
     assert re.search(r"^utilization\s+\d+%", proc.stderr, re.M)
     root = ET.parse(svg).getroot()
     assert len(root.findall(f"{SVG}g[@class='lane']")) == 2
+
+
+def test_an_endless_stream_keeps_a_bounded_timeline() -> None:
+    rec = _stats.Recorder()
+    t = rec.t0
+    n = 3 * _stats.MAX_BARS
+    for i in range(n):
+        # One-item slices of 1 ms, the 777th slowest (5 ms), every 10th on lane 1.
+        seconds = 0.005 if i == 777 else 0.001
+        rec.batch(1 if i % 10 == 0 else 0, i, 1, None, 0.0, [(t, t + seconds, 1)], 0.0)
+        t += seconds
+    assert len(rec.bars) <= _stats.MAX_BARS
+    stats = rec.snapshot(workers=2)
+    assert stats.slowest[0] == (777, pytest.approx(0.005))
+    assert stats.min == pytest.approx(0.001)
+    assert stats.total == pytest.approx((n - 1) * 0.001 + 0.005)
+    assert stats.median == pytest.approx(0.001, rel=0.05)
+    titles = [t for t in _titles(render(stats._bars, [], stats._t0, t - stats._t0)) if t]
+    assert sum(n for _, n in (x for t in titles for x in stats_cases.title_counts(t))) == n

@@ -6,13 +6,17 @@ see ``_worker._run_chunk``) and send ``(t0, t1, count)`` per slice with each
 batch of outcomes; the parent keeps one record per slice, never one per item.
 Per-item times derive from them: exact for a slice of one item (which every
 item of a millisecond or more gets), the slice's mean for tiny items.
-Quantiles are weighted by count, so they stay per item.
+``min``, ``max``, ``total`` and ``slowest`` are kept exactly as slices
+arrive; ``median`` and ``p95`` come from a histogram of 1%-wide buckets; the
+bars kept for the timeline are merged when they grow too many (``MAX_BARS``),
+so that memory stays bounded on an endless ``imap``.
 
 Worker and parent times are comparable: ``time.monotonic`` is system-wide.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import time
@@ -22,6 +26,16 @@ from typing import Any
 
 #: A private switch for the benchmark that prices collection (``benchmarks/run.py``).
 ENABLED = True
+#: Bars a map keeps at most: beyond, neighbours finer than a quarter of the
+#: timeline's pixel are merged, so that an endless ``imap`` stays in bounds.
+MAX_BARS = 100_000
+#: The timeline's width in pixels, which compaction must stay finer than.
+PIXELS = 960
+#: Candidates kept for ``slowest`` (more than five: retries repeat an index).
+TOP = 16
+#: Buckets per unit of log(seconds): quantiles are within 1%.
+BUCKETS = 100
+ZERO = -(1 << 62)  # the bucket of items that took no measurable time
 
 OK, RAISED, TIMED_OUT, CRASHED, MEMORY = "succeeded", "raised", "timed_out", "crashed", "memory"
 
@@ -59,8 +73,13 @@ class Recorder:
     """Collects one map's figures as the scheduler sees its events."""
 
     __slots__ = (
+        "_hist",
         "_lanes",
+        "_limit",
         "_live",
+        "_max",
+        "_min",
+        "_top",
         "bars",
         "busy",
         "ended",
@@ -90,6 +109,13 @@ class Recorder:
         # be recorded after it), and the lanes of live workers.
         self._lanes: dict[int, int] = {}
         self._live: set[int] = set()
+        # Exact per-item figures, kept as slices arrive (bars may be merged).
+        self._min = math.inf
+        self._max = 0.0
+        self._top: list[tuple[float, int]] = []  # a min-heap of (seconds, index)
+        self._limit = MAX_BARS  # compact beyond this many bars
+        # Items per 1%-wide bucket of log(seconds), for median and p95.
+        self._hist: dict[int, int] = {}
 
     def lane(self, wid: int) -> int:
         """The lane of worker ``wid``: the lowest one no live worker holds, so a
@@ -122,20 +148,61 @@ class Recorder:
         if not ENABLED:
             return
         lane = self.lane(wid)
-        bars = self.bars
         if slices is None:
-            self.busy += busy
-            outcome = RAISED if errors else OK
-            bars.append((lane, now - busy, now, first, count, outcome))
-            return
+            slices = [(now - busy, now, count)]
         pos = 0
         for t0, t1, n in slices:
             self.busy += t1 - t0
+            self._timed((t1 - t0) / n, first + pos, n)
             if errors and any(pos <= e < pos + n for e in errors):
                 self._split(lane, t0, t1, first + pos, n, [e - pos for e in errors])
             else:
-                bars.append((lane, t0, t1, first + pos, n, OK))
+                self.bars.append((lane, t0, t1, first + pos, n, OK))
             pos += n
+        if len(self.bars) > self._limit:
+            self._compact()
+
+    def _timed(self, seconds: float, index: int, n: int) -> None:
+        """``n`` items took ``seconds`` each, the first of them being ``index``."""
+        key = math.floor(math.log(seconds) * BUCKETS) if seconds > 0 else ZERO
+        self._hist[key] = self._hist.get(key, 0) + n
+        if seconds < self._min:
+            self._min = seconds
+        if seconds > self._max:
+            self._max = seconds
+        top = self._top
+        if len(top) < TOP:
+            heapq.heappush(top, (seconds, index))
+        elif seconds > top[0][0]:
+            heapq.heapreplace(top, (seconds, index))
+
+    def _compact(self) -> None:
+        """Merge neighbouring bars (same lane and outcome) finer than a quarter
+        pixel of the timeline, coarser each round until few enough remain.
+
+        Merged bars keep their items' count and mean time; ``min``, ``max``,
+        ``total`` and ``slowest`` are kept exactly apart from them. Bars of
+        different outcomes never merge, so failures interleaved with
+        successes keep theirs (memory then grows with the failures only).
+        """
+        bars = sorted(self.bars, key=lambda b: (b[0], b[1]))
+        span = max(b[2] for b in bars) - self.t0
+        resolution = max(span / (4 * PIXELS), 1e-9)
+        while len(bars) > MAX_BARS // 2 and resolution <= 2 * span:
+            merged: list[Bar] = []
+            for bar in bars:
+                if merged:
+                    lane, t0, _, first, count, outcome = merged[-1]
+                    if lane == bar[0] and outcome == bar[5] and bar[2] - t0 <= resolution:
+                        merged[-1] = (lane, t0, bar[2], min(first, bar[3]), count + bar[4], outcome)
+                        continue
+                merged.append(bar)
+            bars = merged
+            resolution *= 2
+        self.bars = bars
+        # Bars that would not merge (interleaved failures) must not make
+        # every batch compact again.
+        self._limit = max(MAX_BARS, 2 * len(bars))
 
     def _split(
         self, lane: int, t0: float, t1: float, first: int, n: int, failed: list[int]
@@ -187,6 +254,20 @@ class Recorder:
             if ENABLED:
                 self.marks.append((lane, time.monotonic(), "spawn"))
 
+    def _quantile(self, q: float) -> float:
+        """The nearest-rank quantile ``q`` of the item times (within 1%)."""
+        hist = self._hist
+        rank = max(1, math.ceil(q * sum(hist.values())))
+        seen = 0
+        for key in sorted(hist):
+            seen += hist[key]
+            if seen >= rank:
+                if key == ZERO:
+                    return 0.0
+                # The bucket's middle, but never outside what was seen.
+                return min(max(math.exp((key + 0.5) / BUCKETS), self._min), self._max)
+        return 0.0
+
     def failure(self, error: BaseException) -> None:
         """An item failed for good (after its retries)."""
         self.failures[failure_kind(error)] += 1
@@ -195,8 +276,12 @@ class Recorder:
         """Freeze what was recorded (the map's end is now, unless recorded)."""
         end = self.ended if self.ended is not None else time.monotonic()
         wall = max(end - self.t0, 0.0)
-        measured = [bar for bar in self.bars if bar[5] in (OK, RAISED)]
         failed = sum(self.failures.values())
+        # Five distinct items: a retried item's attempts count once, at its slowest.
+        slowest: dict[int, float] = {}
+        for seconds, index in sorted(self._top, reverse=True):
+            if len(slowest) < 5:
+                slowest.setdefault(index, seconds)
         return MapStats(
             wall=wall,
             items=self.succeeded + failed,
@@ -213,44 +298,16 @@ class Recorder:
             workers_replaced=self.replaced,
             parent_seconds=self.parent,
             utilization=min(1.0, self.busy / (workers * wall)) if workers and wall > 0 else 0.0,
-            **_item_times(measured),
+            min=self._min if self._hist else 0.0,
+            max=self._max,
+            total=self.busy,
+            slowest=tuple(slowest.items()),
+            median=self._quantile(0.5),
+            p95=self._quantile(0.95),
             _bars=tuple(self.bars),
             _marks=tuple(self.marks),
             _t0=self.t0,
         )
-
-
-def _item_times(bars: list[Bar]) -> dict[str, Any]:
-    """Per-item figures from slices: each of a slice's items took its mean."""
-    if not bars:
-        return {"total": 0.0, "min": 0.0, "median": 0.0, "p95": 0.0, "max": 0.0, "slowest": ()}
-    per = sorted(((b[2] - b[1]) / b[4], b[4], b[3]) for b in bars)
-    count = sum(n for _, n, _ in per)
-
-    def quantile(q: float) -> float:
-        # The nearest-rank quantile, each slice counting for its items.
-        rank = max(1, math.ceil(q * count))
-        seen = 0
-        for seconds, n, _ in per:
-            seen += n
-            if seen >= rank:
-                return seconds
-        return per[-1][0]
-
-    # Five distinct items: a retried item's attempts count once, at its slowest.
-    slowest: dict[int, float] = {}
-    for seconds, _, index in reversed(per):
-        if len(slowest) == 5:
-            break
-        slowest.setdefault(index, seconds)
-    return {
-        "total": sum(b[2] - b[1] for b in bars),
-        "min": per[0][0],
-        "median": quantile(0.5),
-        "p95": quantile(0.95),
-        "max": per[-1][0],
-        "slowest": tuple(slowest.items()),
-    }
 
 
 @dataclass(frozen=True, slots=True)
