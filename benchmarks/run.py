@@ -425,6 +425,43 @@ def bench_throughput(ctx: Ctx) -> None:
     )
 
 
+def bench_stats_cost(ctx: Ctx) -> None:
+    """The x*x map with MapStats collected (always, as shipped) and without."""
+    from parmap import _stats
+
+    s = ctx.sizes
+    n = s.xx_items
+    xs = list(range(n))
+    wl = f"{n:,} calls of x*x, stats"
+    with parmap.Pool(workers=WORKERS) as ppool:
+
+        def without() -> Any:
+            # The private switch stops the parent's collection (the worker
+            # still sends its few numbers per slice of about a millisecond).
+            _stats.ENABLED = False
+            try:
+                return ppool.pmap(_tasks.square, xs)
+            finally:
+                _stats.ENABLED = True
+
+        runs: dict[str, tuple[Callable[[], Any], int]] = {
+            "parmap": (lambda: ppool.pmap(_tasks.square, xs), n),
+            "parmap without stats": (without, n),
+        }
+        # More rounds than the other x*x rows: the difference sought is small.
+        rates = square_rates(runs, 7 * s.rounds)
+    ctx.raw["stats_cost"] = rates
+    vs_off = ratios(rates["parmap"], rates["parmap without stats"])
+    ctx.row(
+        wl,
+        "items/s with stats vs without",
+        f"{fmt_rate(median(rates['parmap']))} ({median(vs_off):.3f}x without)",
+        "≥ 0.97x parmap without stats",
+        judged(median(vs_off) >= 0.97),
+        reference=f"without: {fmt_rate(median(rates['parmap without stats']))}",
+    )
+
+
 def bench_throughput_timeout(ctx: Ctx) -> None:
     """The x*x map again with timeout=10: cost of per-item deadlines."""
     s = ctx.sizes
@@ -1146,6 +1183,7 @@ WORKLOADS: dict[str, Callable[[Ctx], None]] = {
     "throughput": bench_throughput,
     "throughput_timeout": bench_throughput_timeout,
     "throughput_memory": bench_throughput_memory,
+    "stats_cost": bench_stats_cost,
     "cpu": bench_cpu,
     "memory": bench_memory,
     "latency": bench_latency,

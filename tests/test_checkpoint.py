@@ -602,3 +602,13 @@ def test_the_command_line_resumes_with_checkpoint(markers: Path, tmp_path: Path)
     assert other.returncode == 2 and other.stdout == ""
     assert other.stderr.count("\n") == 1 and "checkpoint_jobs.cli_words" in other.stderr
     assert "checkpoint_jobs.cli_upper" in other.stderr
+
+
+def test_the_statistics_count_resumed_items(tmp_path: Path) -> None:
+    path = tmp_path / "stats.sqlite"
+    first = pmap(abs, [-1, -2, -3, -4], workers=2, checkpoint=path)
+    assert first.stats.resumed == 0
+    again = pmap(abs, [-1, -2, -3, -4, -5], workers=2, checkpoint=path)
+    assert again.unwrap() == [1, 2, 3, 4, 5]
+    assert again.stats.resumed == 4 and again.resumed == 4
+    assert again.stats.items == 5 and again.stats.succeeded == 5

@@ -17,6 +17,7 @@ DOCUMENTED = {
     "Pool",
     "Executor",
     "MapResult",
+    "MapStats",
     "Outcome",
     "TaskTimeoutError",
     "WorkerCrashedError",

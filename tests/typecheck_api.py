@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator, Iterator
 from concurrent.futures import Future
-from typing import assert_type
+from typing import Any, assert_type
 
 from parmap import (
     Executor,
     MapResult,
+    MapStats,
     Outcome,
     Pool,
     WorkerCrashedError,
@@ -22,6 +23,7 @@ from parmap import (
     pmap,
 )
 from parmap._api import ParallelFunction
+from parmap._iterators import AsyncMapIterator, MapIterator
 
 
 @parallel
@@ -47,10 +49,16 @@ def check_types() -> None:
     assert_type(bare(3, scale=2.0), str)
     assert_type(configured(1), int)
     assert_type(configured.pmap([1, 2]), MapResult[int])
-    assert_type(configured.imap([1, 2], ordered=True), Generator[Outcome[int], None, None])
-    assert_type(configured.aimap([1, 2]), AsyncGenerator[Outcome[int], None])
+    assert_type(configured.imap([1, 2], ordered=True), MapIterator[int])
+    assert_type(configured.aimap([1, 2]), AsyncMapIterator[int])
+    # What imap and aimap return are still generators of outcomes.
+    it: Generator[Outcome[int], None, None] = configured.imap([1, 2])
+    ait: AsyncGenerator[Outcome[int], None] = configured.aimap([1, 2])
+    assert_type(it, Generator[Outcome[int], None, None])
+    assert_type(ait, AsyncGenerator[Outcome[int], None])
+    assert_type(configured.imap([1, 2]).stats, MapStats | None)
     assert_type(pmap(_length, ["a"], workers=2), MapResult[int])
-    assert_type(imap(_length, ["a"]), Generator[Outcome[int], None, None])
+    assert_type(imap(_length, ["a"]), MapIterator[int])
     with Pool(workers=1) as pool:
         assert_type(pool.pmap(_length, ["a"], timeout=1.0), MapResult[int])
     res = pmap(_length, ["a"])
@@ -73,3 +81,7 @@ def check_types() -> None:
         assert_type(crashed.index, int)
         assert_type(error.limit, int)
         assert_type(error.rss, int)
+    assert_type(res.stats, MapStats)
+    assert_type(res.stats.slowest, tuple[tuple[int, float], ...])
+    assert_type(res.stats.to_dict(), dict[str, Any])
+    res.stats.timeline("map.svg")

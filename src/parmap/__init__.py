@@ -17,12 +17,14 @@ from ._results import RemoteError as RemoteError
 from ._results import TaskTimeoutError as TaskTimeoutError
 from ._results import WorkerCrashedError as WorkerCrashedError
 from ._results import WorkerMemoryError as WorkerMemoryError
+from ._stats import MapStats as MapStats
 
 __version__ = "1.0.0"
 
 __all__ = (
     "Executor",
     "MapResult",
+    "MapStats",
     "Outcome",
     "Pool",
     "RemoteError",

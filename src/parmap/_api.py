@@ -27,6 +27,7 @@ from typing_extensions import Unpack
 from ._callables import callable_name, function_key
 from ._driver import aiterate, collect, iterate, outcomes
 from ._engine import Engine
+from ._iterators import AsyncMapIterator, MapIterator
 from ._notebook import watch_kernel_shutdown
 from ._options import Defaults, MapConfig, MapOptions, Options
 from ._pickling import dump_function, main_has_no_file
@@ -34,6 +35,7 @@ from ._progress import Progress
 from ._results import MapResult, Outcome
 from ._resume import Resume
 from ._scheduler import Job
+from ._stats import MapStats
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -123,9 +125,10 @@ class _Call:
         # Item times are remembered under a small key naming the code, never
         # under the function itself (see ``_callables``).
         self.key: object = function_key(fn)
+        self.job: Job | None = None
 
     def new_job(self) -> Job:
-        return self.engine.sched.new_job(
+        self.job = self.engine.sched.new_job(
             self.config,
             fn_payload=self.payload,
             star=self.star,
@@ -133,6 +136,21 @@ class _Call:
             total=self.total,
             fn_key=self.key,
         )
+        return self.job
+
+    def stats(self) -> MapStats | None:
+        """The map's figures (once it ran), see ``MapStats``."""
+        if self.job is None:
+            return None
+        return self.job.stats.snapshot(workers=self.engine.sched.workers, resumed=self.job.resumed)
+
+    def iterator(self, pool: Pool | None = None) -> MapIterator[Any]:
+        """``stream()`` with ``.stats``; closes ``pool`` (a temporary one) at the end."""
+        return MapIterator(_closing(self.stream(), pool), self.stats)
+
+    def aiterator(self, pool: Pool | None = None) -> AsyncMapIterator[Any]:
+        """``astream()`` with ``.stats``; closes ``pool`` (a temporary one) at the end."""
+        return AsyncMapIterator(_aclosing(self.astream(), pool), self.stats)
 
     def progress(self) -> Progress:
         return Progress(self.config.progress, self.total)
@@ -152,7 +170,7 @@ class _Call:
             errors,
         )
         resumed = 0 if resume is None else resume.resumed
-        return MapResult(values, dict(sorted(errors.items())), resumed=resumed)
+        return MapResult(values, dict(sorted(errors.items())), self.stats(), resumed=resumed)
 
     def stream(self) -> Generator[Outcome[Any], None, None]:
         segments = iterate(
@@ -184,7 +202,7 @@ class _Call:
             if not getattr(segments, "ag_running", False):
                 await segments.aclose()
         resumed = 0 if resume is None else resume.resumed
-        return MapResult(values, dict(sorted(errors.items())), resumed=resumed)
+        return MapResult(values, dict(sorted(errors.items())), self.stats(), resumed=resumed)
 
     async def astream(self) -> AsyncGenerator[Outcome[Any], None]:
         segments = aiterate(
@@ -284,13 +302,13 @@ class Pool:
         *iterables: Iterable[Any],
         ordered: bool = False,
         **options: Unpack[MapOptions],
-    ) -> Generator[Outcome[T], None, None]:
+    ) -> MapIterator[T]:
         """Yield an ``Outcome`` per input as each completes (``ordered=True``: in input order).
 
         Input is read lazily, at most ``buffer`` items ahead of the consumer,
         so an endless generator works. Leaving the loop early stops the work.
         """
-        return self._call(fn, iterables, options, ordered=ordered).stream()
+        return self._call(fn, iterables, options, ordered=ordered).iterator()
 
     async def apmap(
         self,
@@ -312,9 +330,9 @@ class Pool:
         *iterables: Iterable[Any] | AsyncIterable[Any],
         ordered: bool = False,
         **options: Unpack[MapOptions],
-    ) -> AsyncGenerator[Outcome[T], None]:
+    ) -> AsyncMapIterator[T]:
         """Like ``imap``, as an async iterator; inputs may be async iterables."""
-        return self._call(fn, iterables, options, ordered=ordered, allow_async=True).astream()
+        return self._call(fn, iterables, options, ordered=ordered, allow_async=True).aiterator()
 
     def close(self) -> None:
         """Stop the workers. Maps still running fail; the pool cannot be reused."""
@@ -406,10 +424,10 @@ class ParallelFunction(Generic[P, T]):
 
     def imap(
         self, *iterables: Iterable[Any], ordered: bool = False, **options: Unpack[Options]
-    ) -> Generator[Outcome[T], None, None]:
+    ) -> MapIterator[T]:
         """Yield outcomes as items complete (see ``parmap.imap``)."""
         call, pool, temporary = self._call(iterables, options, ordered=ordered)
-        return _closing(call.stream(), pool if temporary else None)
+        return call.iterator(pool if temporary else None)
 
     async def apmap(
         self, *iterables: Iterable[Any] | AsyncIterable[Any], **options: Unpack[Options]
@@ -427,10 +445,10 @@ class ParallelFunction(Generic[P, T]):
         *iterables: Iterable[Any] | AsyncIterable[Any],
         ordered: bool = False,
         **options: Unpack[Options],
-    ) -> AsyncGenerator[Outcome[T], None]:
+    ) -> AsyncMapIterator[T]:
         """Async-iterate outcomes as items complete (see ``parmap.aimap``)."""
         call, pool, temporary = self._call(iterables, options, ordered=ordered, allow_async=True)
-        return _aclosing(call.astream(), pool if temporary else None)
+        return call.aiterator(pool if temporary else None)
 
     def close(self) -> None:
         """Stop this function's pool; the next map starts a new one."""
@@ -557,7 +575,7 @@ def imap(
     *iterables: Iterable[Any],
     ordered: bool = False,
     **options: Unpack[Options],
-) -> Generator[Outcome[T], None, None]:
+) -> MapIterator[T]:
     """Yield an ``Outcome`` per input as items complete, on a pool made for this call.
 
     ``ordered=True`` yields in input order. Inputs are read lazily (at most
@@ -570,7 +588,7 @@ def imap(
     except BaseException:
         pool.close()
         raise
-    return _closing(call.stream(), pool)
+    return call.iterator(pool)
 
 
 async def apmap(
@@ -599,7 +617,7 @@ def aimap(
     *iterables: Iterable[Any] | AsyncIterable[Any],
     ordered: bool = False,
     **options: Unpack[Options],
-) -> AsyncGenerator[Outcome[T], None]:
+) -> AsyncMapIterator[T]:
     """Async-iterate outcomes of ``fn`` over the inputs (see ``imap``)."""
     pool, map_options = _temporary(fn, options)
     try:
@@ -609,4 +627,4 @@ def aimap(
     except BaseException:
         pool.close()
         raise
-    return _aclosing(call.astream(), pool)
+    return call.aiterator(pool)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any, NoReturn, get_args
 
-from . import Outcome, RemoteError, __version__, imap, pmap
+from . import MapStats, Outcome, RemoteError, __version__, imap, pmap
 from ._checkpoint import CheckpointError
 from ._memory import parse_size
 from ._options import Defaults, OnError
@@ -254,6 +254,28 @@ def _add_pool_arguments(parser: argparse.ArgumentParser) -> None:
         help="how worker processes are started (default: the platform's)",
     )
     parser.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+    parser.add_argument(
+        "--stats", action="store_true", help="print what the map spent its time on to stderr"
+    )
+    parser.add_argument(
+        "--timeline", metavar="FILE", help="write the map's timeline as SVG to FILE"
+    )
+
+
+def _report_stats(args: argparse.Namespace, stats: MapStats | None) -> None:
+    """Honour ``--stats`` and ``--timeline`` once the map is over."""
+    if not (args.stats or args.timeline):
+        return
+    if stats is None:
+        print("parmap: no stats: the map stopped early", file=sys.stderr)
+        return
+    if args.stats:
+        print(stats, file=sys.stderr)
+    if args.timeline:
+        try:
+            stats.timeline(args.timeline)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.timeline!r}: {exc.strerror or exc}") from None
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -452,6 +474,7 @@ def _run_to(args: argparse.Namespace, out_stream: IO[str]) -> int:
                     break
     if lines.error is not None:
         raise UsageError(lines.error)
+    _report_stats(args, outcomes.stats)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -475,6 +498,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"task {index}: {error!r}" if error is not None else f"task {index}: {value!r}")
     failed = len(result.errors)
     print(f"{len(result) - failed} succeeded, {failed} failed in {elapsed:.1f} s")
+    _report_stats(args, result.stats)
     return EXIT_OK
 
 

@@ -22,6 +22,7 @@ from ._progress import Progress
 from ._results import Outcome
 from ._resume import Resume
 from ._scheduler import Job, Segment
+from ._stats import cpu
 
 T = TypeVar("T")
 
@@ -30,8 +31,11 @@ def _feed(engine: Engine, job: Job, source: Iterator[Any], resume: Resume | None
     want = engine.sched.want(job)
     if want <= 0:
         return
+    started = cpu()
     try:
         args = list(islice(source, want))
+        # The input's own time is not the parent's overhead (MapStats).
+        job.stats.parent -= cpu() - started
     except BaseException as exc:
         engine.sched.input_failed(job, exc, time.monotonic())
         engine.execute()
@@ -83,10 +87,12 @@ def iterate(
             resume.open()  # before any worker starts: a bad file fails the map at once
         with engine.turn():
             engine.check_open()
+            started = cpu()
             job = new_job()
             if resume is not None:
                 resume.attach(job)
-            engine.execute()
+            engine.execute()  # starting workers is the parent's own time too
+            job.stats.parent += cpu() - started
         while True:
             segment = job.take()
             if segment is not None:
@@ -98,12 +104,15 @@ def iterate(
             if job.finished:
                 break
             with engine.turn():
+                started = cpu()
                 _feed(engine, job, source, resume)
                 if not (job.ready or job.finished):
                     engine.pump()
+                job.stats.parent += cpu() - started
             if resume is not None:
                 resume.tick(time.monotonic())
             progress.update(job)
+        job.stats.ended = time.monotonic()
         progress.update(job)
         _raise_error(job)
         completed = True
@@ -188,10 +197,12 @@ async def aiterate(
     feeder: asyncio.Task[None] | None = None
     changed: asyncio.Future[None] | None = None
     try:
+        started = cpu()
         job = new_job()
         if resume is not None:
             resume.attach(job)
-        engine.execute()
+        engine.execute()  # starting workers is the parent's own time too
+        job.stats.parent += cpu() - started
         if isinstance(source, AsyncIterator):
             feeder = loop.create_task(_feed_async(engine, job, source, resume))
         while True:
@@ -206,7 +217,9 @@ async def aiterate(
             if job.finished:
                 break
             if feeder is None:
+                started = cpu()
                 _feed(engine, job, source, resume)  # type: ignore[arg-type]
+                job.stats.parent += cpu() - started
                 if job.ready or job.finished:
                     continue
             if resume is None:
@@ -218,6 +231,7 @@ async def aiterate(
                 changed = engine.changed(job)
             await asyncio.wait((changed,), timeout=resume.wait_timeout(time.monotonic()))
             resume.tick(time.monotonic())
+        job.stats.ended = time.monotonic()
         progress.update(job)
         _raise_error(job)
         completed = True

@@ -490,9 +490,11 @@ class Engine:
     def _guarded(self, step: Callable[[float], None]) -> None:
         # An exception escaping a loop callback would only be logged, leaving
         # every awaiting map hanging: fail them with it instead.
+        started = time.thread_time()
         try:
             step(time.monotonic())
             self.execute()
+            self.sched.charge(time.thread_time() - started)
         except BaseException as exc:
             for job in list(self._waiters):
                 self.sched.input_failed(job, exc, time.monotonic())

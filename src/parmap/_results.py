@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
 from ._memory import format_size
+from ._stats import MapStats
 
 T = TypeVar("T")
 
@@ -231,13 +232,19 @@ class MapResult(Sequence[T]):
     returns every value or raises an ``ExceptionGroup`` of all failures.
     """
 
-    __slots__ = ("_errors", "_resumed", "_values")
+    __slots__ = ("_errors", "_resumed", "_stats", "_values")
 
     def __init__(
-        self, values: list[T | None], errors: dict[int, BaseException], *, resumed: int = 0
+        self,
+        values: list[T | None],
+        errors: dict[int, BaseException],
+        stats: MapStats | None = None,
+        *,
+        resumed: int = 0,
     ) -> None:
         self._values = values
         self._errors = errors
+        self._stats = stats
         self._resumed = resumed
 
     @classmethod
@@ -261,6 +268,11 @@ class MapResult(Sequence[T]):
     def errors(self) -> dict[int, BaseException]:
         """Captured exceptions by input index, in index order."""
         return dict(self._errors)
+
+    @property
+    def stats(self) -> MapStats:
+        """What the map spent its time on (all zeros for a result built by hand)."""
+        return self._stats if self._stats is not None else MapStats()
 
     @property
     def ok(self) -> bool:

@@ -75,6 +75,7 @@ from ._results import (
     add_note,
     mark_index,
 )
+from ._stats import TIMED_OUT, Recorder, Slice, failure_kind
 from ._wire import Encoded
 
 #: Aim for chunks that keep a worker busy this long: long enough to make the
@@ -289,6 +290,7 @@ class Job:
         # Pools with a memory limit: the most a chunk of this map has added
         # to its worker's memory, per item (bytes), once measured.
         self.mem_growth: float | None = None
+        self.stats = Recorder()
 
     @property
     def finished(self) -> bool:
@@ -338,6 +340,7 @@ class Job:
 
     def _emit_error(self, index: int, error: BaseException) -> None:
         self.failures += 1
+        self.stats.failure(error)
         self._emit(index, [None], {index: error})
 
 
@@ -412,6 +415,8 @@ class Scheduler:
             job.closed = True
             return job
         job.item_time = self._item_times.get(job.fn_key)
+        for wid in self.slots:
+            job.stats.lane(wid)  # a warm pool's workers keep their order
         self.jobs.append(job)
         self._fill()
         return job
@@ -423,9 +428,13 @@ class Scheduler:
             self.slots[wid] = Slot(wid)
             self._tasks[wid] = 0
             self._commands.append(Spawn(wid))
+            for job in self.jobs:
+                job.stats.spawned(wid, replacement=wid >= self.workers)
 
     def _remove_slot(self, slot: Slot, command: Command) -> Chunk | None:
         del self.slots[slot.wid]
+        for job in self.jobs:
+            job.stats.gone(slot.wid, killed=isinstance(command, Kill))
         self._tasks.pop(slot.wid, None)
         self._commands.append(command)
         chunk, slot.chunk = slot.chunk, None
@@ -482,10 +491,12 @@ class Scheduler:
         if job.closed:
             return
         if self._should_retry(job, attempt, error, task_raised=task_raised):
+            job.stats.retried += 1
             job.pending.appendleft(Run(index, [args], attempt + 1, solo=True))
             return
         if job.config.on_error == "raise":
             job.failures += 1
+            job.stats.failure(error)
             self._abort(job, error)
         else:
             job._emit_error(index, error)
@@ -777,11 +788,13 @@ class Scheduler:
         errors: dict[int, BaseException] | None,
         busy: float,
         now: float,
+        slices: list[Slice] | None = None,
     ) -> None:
         """Worker ``wid`` reports the next ``len(values)`` outcomes of its chunk.
 
         ``errors`` maps positions in ``values`` to the exception of that item;
-        ``busy`` is the time the worker spent running these items.
+        ``busy`` is the time the worker spent running these items, and
+        ``slices`` when (``(t0, t1, count)``) where the backend knows it.
         """
         self._now = now
         slot = self.slots.get(wid)
@@ -809,7 +822,10 @@ class Scheduler:
             slot.since = slot.queued_at
             if self.memory_limit is not None and slot.chunk is None:
                 slot.mem_check, slot.mem_at = True, math.inf
+        job.stats.batch(wid, chunk.start + first, count, errors, busy, slices, now)
         if not job.closed:
+            # A failed position may yet be retried: it counts when it is final.
+            job.stats.succeeded += count - (len(errors) if errors else 0)
             estimate = busy / count
             job.item_time = (
                 estimate if job.item_time is None else 0.5 * job.item_time + 0.5 * estimate
@@ -843,6 +859,7 @@ class Scheduler:
             index = base + pos
             error = mark_index(errors[pos], index)
             if self._should_retry(job, chunk.attempt, error, task_raised=True):
+                job.stats.retried += 1
                 job._emit(base + seg_from, values[seg_from:pos], seg_errors or None)
                 seg_from, seg_errors = pos + 1, {}
                 job.pending.appendleft(
@@ -850,6 +867,7 @@ class Scheduler:
                 )
                 continue
             job.failures += 1
+            job.stats.failure(error)
             if job.config.on_error == "raise":
                 job._emit(base + seg_from, values[seg_from:pos], seg_errors or None)
                 self._abort(job, error)
@@ -895,6 +913,7 @@ class Scheduler:
         ``hint`` is the backend's guess at why, for the item's error (e.g. the
         OOM killer, for a SIGKILL that parmap did not send).
         """
+        self._now = now
         slot = self.slots.get(wid)
         if slot is None:
             return
@@ -937,6 +956,14 @@ class Scheduler:
         self._requeue(chunk, pos + 1, len(chunk.args))
         index = chunk.start + pos
         error = make(index)
+        since = reading[1] if running and reading is not None else None
+        chunk.job.stats.lost(
+            slot.wid,
+            index,
+            since if since is not None and since != math.inf else slot.since,
+            self._now,
+            failure_kind(error),
+        )
         self._fail(chunk.job, index, chunk.attempt, chunk.args[pos], error, task_raised=False)
         # Items before the culprit finished but their outcomes died with the
         # worker: run them again.
@@ -1026,6 +1053,7 @@ class Scheduler:
             self._remove_slot(slot, Kill(slot.wid))
             self._requeue(chunk, pos + 1, len(chunk.args))
             index = chunk.start + pos
+            chunk.job.stats.lost(slot.wid, index, started_by, now, TIMED_OUT)
             self._fail(
                 chunk.job,
                 index,
@@ -1058,6 +1086,7 @@ class Scheduler:
         pos = chunk.done
         index = chunk.start + pos
         self._requeue(chunk, pos + 1, len(chunk.args))
+        chunk.job.stats.lost(slot.wid, index, slot.progress_at, self._now, TIMED_OUT)
         self._fail(
             chunk.job,
             index,
@@ -1164,6 +1193,11 @@ class Scheduler:
             # A worker still starting cannot read "stop" yet: kill it too.
             idle = slot.chunk is None and (slot.ready or not self._ready_first)
             self._remove_slot(slot, Retire(slot.wid) if idle else Kill(slot.wid))
+
+    def charge(self, seconds: float) -> None:
+        """The parent spent ``seconds`` of its own on the running maps (MapStats)."""
+        for job in self.jobs:
+            job.stats.parent += seconds
 
     def busy_workers(self) -> Iterator[int]:
         """Worker ids that are running a chunk."""

@@ -13,9 +13,10 @@ one pickled tuple, large buffers travel beside it in shared memory, see
   arguments are pickled on their own. An empty body means stop. A worker may
   be sent its next chunk while it runs one: it runs them in order.
 * worker → parent: ``(READY,)`` once started; ``(INIT_FAILED, error)`` if the
-  initializer raised; ``(BATCH, values, errors, pickled, busy)`` with the next
-  outcomes of the current chunk, in order (values at the positions in
-  ``pickled`` are ``(stream, refs)`` into the frame's segments).
+  initializer raised; ``(BATCH, values, errors, pickled, busy, slices)`` with
+  the next outcomes of the current chunk, in order (values at the positions in
+  ``pickled`` are ``(stream, refs)`` into the frame's segments; ``slices``
+  are ``(t0, t1, count)`` of the slices that ran them, for ``MapStats``).
 
 Outcomes are batched for at most ``FLUSH_SECONDS`` so that tiny items do not
 pay a message each. The *beacon* (``Beacon``, a few numbers in shared memory)
@@ -281,6 +282,7 @@ class _Worker:
         self.out: deque[Any] = deque()
         self.lock = threading.Lock()
         self.busy = 0.0
+        self.slices: list[tuple[float, float, int]] = []  # since the last flush
         self.last_flush = time.monotonic()
         # The watch thread sleeps on this pipe while it backs off (``nudge``).
         self.wake_r, self.wake_w = os.pipe()
@@ -306,15 +308,16 @@ class _Worker:
             values = list(out)
             out.clear()
         busy, self.busy = self.busy, 0.0
+        slices, self.slices = self.slices, []
         buffer = io.BytesIO()
         try:
             # The common case, checked by the pickler itself at C speed.
-            _PlainPickler(buffer, PROTOCOL).dump((BATCH, values, None, None, busy))
+            _PlainPickler(buffer, PROTOCOL).dump((BATCH, values, None, None, busy, slices))
         except Exception:
             collector = _shm.Collector(self.threshold)
             values, errors, pickled = encode_outcomes(values, collector)
             segments = collector.segments()
-            body = pickle.dumps((BATCH, values, errors, pickled, busy), PROTOCOL)
+            body = pickle.dumps((BATCH, values, errors, pickled, busy, slices), PROTOCOL)
             _sockio.send(self.sock, body, [segment.fd for segment in segments])
             for segment in segments:
                 segment.close()  # the descriptor in flight keeps it alive
@@ -486,6 +489,7 @@ class _Worker:
             with lock:
                 out.extend(done)
                 self.busy += t1 - t0
+                self.slices.append((t0, t1, len(done)))
                 if failed or t1 - self.last_flush >= FLUSH_SECONDS:
                     self.flush()
                 elif pos < total:

@@ -414,9 +414,9 @@ class ProcessBackend:
         message = pickle.loads(body)
         tag = message[0]
         if tag == BATCH:
-            _, values, raw_errors, pickled, busy = message
+            _, values, raw_errors, pickled, busy, slices = message
             values, errors = decode_batch(values, raw_errors, pickled, maps)
-            sched.on_batch(wid, values, errors, busy, now)
+            sched.on_batch(wid, values, errors, busy, now, slices)
         elif tag == READY:
             sched.on_ready(wid, now)
         elif tag == UNDECODABLE:
