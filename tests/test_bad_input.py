@@ -239,9 +239,7 @@ def test_a_result_that_cannot_be_pickled_fails_only_its_item() -> None:
 def test_a_result_whose_unpickling_raises_system_exit_fails_only_its_item() -> None:
     """Rebuilding a result in the parent runs its code; a SystemExit there must not stop the map."""
     with Pool(workers=1) as pool:
-        res = pool.pmap(
-            jobs.hard_return_odd, range(4), ["exit_on_load"] * 4, on_error="collect"
-        )
+        res = pool.pmap(jobs.hard_return_odd, range(4), ["exit_on_load"] * 4, on_error="collect")
         assert res.values == [0, None, 2, 3]
         assert "could not be unpickled" in str(res.errors[1])
         assert pool.pmap(jobs.square, [3]).values == [9]

@@ -52,9 +52,7 @@ def test_timeouts_crashes_and_cancellation_without_add_reader() -> None:
                 jobs.crash_how, range(6), ["os_exit"] * 6, [2] * 6, on_error="collect"
             )
             assert list(res.errors) == [2]
-            res = await pool.apmap(
-                jobs.hang_if, range(4), [1] * 4, timeout=0.5, on_error="collect"
-            )
+            res = await pool.apmap(jobs.hang_if, range(4), [1] * 4, timeout=0.5, on_error="collect")
             assert isinstance(res.errors[1], TaskTimeoutError)
             task = asyncio.ensure_future(pool.apmap(jobs.sleep_return, [60.0] * 2))
             await asyncio.sleep(0.3)

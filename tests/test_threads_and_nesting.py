@@ -142,8 +142,10 @@ def test_many_concurrent_maps_on_one_pool_each_reach_the_workers() -> None:
 
     async def main(pool: Pool) -> list[int]:
         results = await asyncio.gather(
-            *(pool.apmap(jobs.sleep_return, [0.001] * 30, range(30), on_error="collect")
-              for _ in range(100))
+            *(
+                pool.apmap(jobs.sleep_return, [0.001] * 30, range(30), on_error="collect")
+                for _ in range(100)
+            )
         )
         return [len(r.errors) for r in results]
 
