@@ -42,7 +42,7 @@ from parmap import (
 )
 
 from . import jobs
-from .checks import has_traceback, seed_expectations
+from .checks import eventually, has_traceback, seed_expectations
 from .dask_cluster import local_client, wait_until_idle
 
 BACKENDS = ["process", "thread", "serial", "thread-executor", "process-executor", "dask"]
@@ -85,10 +85,11 @@ def backend(kind: tuple[str, Any]) -> Iterator[Any]:
     if name == "thread":
         # Abandoned items run on in their threads: let them end here rather
         # than in some later test.
-        deadline = time.monotonic() + 30
-        while any(t.name.startswith("parmap-thread-") for t in threading.enumerate()):
-            assert time.monotonic() < deadline, "abandoned threads never finished"
-            time.sleep(0.01)
+        eventually(
+            lambda: not any(t.name.startswith("parmap-thread-") for t in threading.enumerate()),
+            within=30,
+            message="abandoned threads never finished",
+        )
 
 
 @pytest.fixture
@@ -381,10 +382,7 @@ def test_thread_timeout_abandons_the_work_and_replaces_the_thread(tmp_path: Path
     assert time.monotonic() - start < SLOW
     assert res.values == [0, None, 2] and isinstance(res.errors[1], TaskTimeoutError)
     # Not stopped: the abandoned item runs to its end in its old thread.
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "1.done").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    eventually((tmp_path / "1.done").exists, within=30, message="the abandoned item never ended")
     assert (tmp_path / "2.done").exists()
 
 

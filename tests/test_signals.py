@@ -25,6 +25,7 @@ import pytest
 from parmap import Pool, WorkerCrashedError
 
 from . import jobs
+from .checks import eventually
 from .procs import running, wait_ended
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "signal_parent.py"
@@ -38,16 +39,17 @@ def wait_for_markers(
     marker_dir: Path, count: int, proc: subprocess.Popen[str] | None = None
 ) -> list[int]:
     """Wait until ``count`` items have written their worker's pid; return the pids."""
-    deadline = time.monotonic() + 60
-    while True:
+
+    def started() -> list[int]:
         pids = [int(p.read_text()) for p in marker_dir.glob("*.pid")]
         if len(pids) >= count:
             return pids
         if proc is not None and proc.poll() is not None:
             out, err = proc.communicate()
             pytest.fail(f"the parent exited early ({proc.returncode}):\n{out}\n{err}")
-        assert time.monotonic() < deadline, "the items never started"
-        time.sleep(0.01)
+        return []
+
+    return eventually(started, within=60, message="the items never started")
 
 
 @contextmanager
