@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from parmap import Pool, TaskTimeoutError, aimap, apmap
 
 from . import jobs
+from .checks import aeventually, eventually
 
 
 class NoReaderLoop(asyncio.SelectorEventLoop):
@@ -39,13 +41,15 @@ def test_apmap_works_without_add_reader() -> None:
 def test_the_fallback_thread_stops_with_the_map() -> None:
     before = threading.active_count()
     run(apmap(jobs.square, range(50), workers=2))
-    deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(
+        lambda: threading.active_count() <= before,
+        within=5,
+        message=lambda: f"{threading.active_count() - before} fallback thread(s) still running",
+    )
     assert threading.active_count() == before
 
 
-def test_timeouts_crashes_and_cancellation_without_add_reader() -> None:
+def test_timeouts_crashes_and_cancellation_without_add_reader(tmp_path: Path) -> None:
     async def main() -> None:
         with Pool(workers=2) as pool:
             res = await pool.apmap(
@@ -54,8 +58,15 @@ def test_timeouts_crashes_and_cancellation_without_add_reader() -> None:
             assert list(res.errors) == [2]
             res = await pool.apmap(jobs.hang_if, range(4), [1] * 4, timeout=0.5, on_error="collect")
             assert isinstance(res.errors[1], TaskTimeoutError)
-            task = asyncio.ensure_future(pool.apmap(jobs.sleep_return, [60.0] * 2))
-            await asyncio.sleep(0.3)
+            task = asyncio.ensure_future(
+                pool.apmap(jobs.async_marked_sleep, [str(tmp_path)] * 2, range(2), [60.0] * 2)
+            )
+            # Cancelled while both items are running, not before they started.
+            await aeventually(
+                lambda: len(list(tmp_path.glob("*.pid"))) == 2,
+                within=60,
+                message="the items never started",
+            )
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
