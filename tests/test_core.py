@@ -24,7 +24,7 @@ from parmap import (
 
 from . import jobs
 from .checks import seed_expectations
-from .procs import pid_running, running
+from .procs import pid_running, running, running_children
 
 
 def test_seed_scenario_decorated() -> None:
@@ -270,9 +270,15 @@ def test_parent_memory_is_bounded_by_the_buffer() -> None:
 
 
 def test_chunksize_option_is_honoured() -> None:
-    res = pmap(jobs.getpid, range(20), workers=2, chunksize=10)
-    assert len(set(res.values)) <= 2
+    before = {p.pid for p in running_children()}
+    with Pool(workers=2) as pool:
+        res = pool.pmap(jobs.getpid, range(20), chunksize=10)
+        workers = {p.pid for p in running_children()} - before
+    assert len(workers) == 2
+    # Every item ran in one of the pool's workers, and each chunk of ten in one.
+    assert set(res.values) <= workers
     assert res.values[:10] == [res.values[0]] * 10
+    assert res.values[10:] == [res.values[10]] * 10
 
 
 def test_max_tasks_per_worker_replaces_workers() -> None:
