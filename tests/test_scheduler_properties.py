@@ -720,13 +720,21 @@ def test_every_input_gets_exactly_one_outcome_in_collect_mode(
     assert sorted(state.emitted) == list(range(len(fates)))
     for index, fate in enumerate(fates):
         value, error = state.emitted[index]
+        if fate == "ok":
+            # The value its model worker returned for this input, at this index.
+            assert error is None and value == ("value", state.job.id, index), (index, value)
+            continue
         expected = {
-            "ok": type(None),
             "raise_value": ValueError,
             "hang": TaskTimeoutError,
             "crash_kill": WorkerCrashedError,
         }[fate]
-        assert isinstance(error, expected), (index, fate, value, error)
+        assert value is None and isinstance(error, expected), (index, fate, value, error)
+        if fate == "raise_value":
+            assert str(error) == f"job {state.job.id} input {index} failed"
+        else:
+            assert isinstance(error, TaskTimeoutError | WorkerCrashedError)
+            assert error.index == index, (index, error)
 
 
 # ------------------------------------------- regressions the model turned up
