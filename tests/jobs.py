@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from parmap import parallel
+from parmap._options import StartMethod
 
 
 def square(x: int) -> int:
@@ -368,7 +369,9 @@ def hard_return_odd(x: int, kind: str) -> Any:
     return {"dump_raises": HardDumpRaises, "exit_on_load": HardExitOnLoad}[kind]()
 
 
-def hard_nested_pmap(n: int, start_method: str | None = None) -> tuple[list[Any], list[int], int]:
+def hard_nested_pmap(
+    n: int, start_method: StartMethod | None = None
+) -> tuple[list[Any], list[int], int]:
     """Run a pmap inside a worker: (values, inner worker pids, this worker's pid)."""
     from parmap import pmap
 

@@ -21,6 +21,7 @@ from parmap import (
     parallel,
     pmap,
 )
+from parmap._options import StartMethod
 
 from . import jobs
 from .checks import seed_expectations
@@ -265,7 +266,7 @@ def test_parent_memory_is_bounded_by_the_buffer() -> None:
     stream = imap(jobs.sleep_return, source(), workers=2, buffer=32, ordered=True)
     first = next(stream)
     assert first.index == 0
-    stream.close()  # type: ignore[attr-defined]
+    stream.close()
     assert next(pulled) <= 32 + 1
 
 
@@ -296,7 +297,9 @@ def test_workers_ignore_sigint_and_sigterm_then_run_the_initializer() -> None:
         handlers = pool.pmap(jobs.report_signals, range(2)).values
     assert all(h == (signal.SIG_IGN, signal.SIG_IGN) for h in handlers)
     with Pool(workers=1, ignore_signals=False) as pool:
-        ((sigint, _),) = pool.pmap(jobs.report_signals, [0]).values
+        (handlers_of_one,) = pool.pmap(jobs.report_signals, [0]).values
+    assert handlers_of_one is not None
+    sigint, _ = handlers_of_one
     assert sigint is not signal.SIG_IGN
 
 
@@ -308,7 +311,7 @@ def test_initializer_failure_is_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-def test_every_start_method(method: str) -> None:
+def test_every_start_method(method: StartMethod) -> None:
     res = pmap(jobs.fail_every_third, range(10), workers=3, start_method=method, on_error="collect")
     seed_expectations(res)
     assert jobs.decorated_square.pmap(range(5), start_method=method).values == [0, 1, 4, 9, 16]

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVarTuple, Unpack
 
 import pytest
 
@@ -16,11 +16,13 @@ from parmap import Pool, TaskTimeoutError, aimap, apmap
 from . import jobs
 from .checks import aeventually, eventually
 
+Ts = TypeVarTuple("Ts")
+
 
 class NoReaderLoop(asyncio.SelectorEventLoop):
     """Behaves like Windows' proactor loop: no add_reader."""
 
-    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+    def add_reader(self, fd: Any, callback: Callable[[Unpack[Ts]], object], *args: *Ts) -> None:
         raise NotImplementedError
 
     def remove_reader(self, fd: Any) -> bool:

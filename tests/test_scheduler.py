@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -46,7 +47,9 @@ class Harness:
         self.chunks: dict[int, list[Any]] = {}  # what each worker runs now
         self.queued: dict[int, list[list[Any]]] = {}  # and what it runs next (prefetch)
 
-    def job(self, inputs: list[Any] | None = None, *, ordered: bool = False, **config: Any) -> Job:
+    def job(
+        self, inputs: Iterable[Any] | None = None, *, ordered: bool = False, **config: Any
+    ) -> Job:
         job = self.sched.new_job(
             MapConfig(**config), fn_payload=b"fn", star=False, ordered=ordered, total=None
         )

@@ -622,8 +622,8 @@ class Sim:
                 all(error is None for _, error in state.emitted.values()),
                 "raise mode emitted an error instead of raising it",
             )
-            index = job.error.__notes__[-1].rsplit(" ", 1)[-1]
-            self.check_outcome(state, int(index), None, job.error)
+            blamed = job.error.__notes__[-1].rsplit(" ", 1)[-1]
+            self.check_outcome(state, int(blamed), None, job.error)
             return
         check(
             set(state.emitted) == set(range(spec.n)),

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from parmap import Pool, WorkerCrashedError
+from parmap._options import StartMethod
 
 from . import jobs
 from .checks import eventually
@@ -167,7 +168,9 @@ def test_parent_dying_abruptly_lets_every_worker_exit_on_its_own(
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 @pytest.mark.timeout(60)
-def test_a_worker_killed_from_outside_fails_only_its_item(method: str, tmp_path: Path) -> None:
+def test_a_worker_killed_from_outside_fails_only_its_item(
+    method: StartMethod, tmp_path: Path
+) -> None:
     n = 12
     victim_index = 5
 

@@ -311,6 +311,8 @@ class ParallelFunction(Generic[P, T]):
     on a pool of its own.
     """
 
+    __name__: str  # copied from the function by update_wrapper, like its __doc__
+
     def __init__(self, fn: Callable[P, T], defaults: Defaults) -> None:
         functools.update_wrapper(self, fn)
         self.__parmap_inline__ = fn

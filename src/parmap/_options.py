@@ -134,9 +134,10 @@ class PoolConfig:
         object.__setattr__(self, "resolved_workers", self.workers or usable_cpus())
         if self.initializer is not None and not callable(self.initializer):
             raise TypeError(f"initializer must be callable or None, got {self.initializer!r}")
-        if not isinstance(self.initargs, tuple):
+        initargs: Any = self.initargs  # untyped callers pass lists, or worse
+        if not isinstance(initargs, tuple):
             try:
-                object.__setattr__(self, "initargs", tuple(self.initargs))
+                object.__setattr__(self, "initargs", tuple(initargs))
             except TypeError:
                 raise TypeError(f"initargs must be a tuple, got {self.initargs!r}") from None
         if not isinstance(self.ignore_signals, bool):
