@@ -1,0 +1,109 @@
+"""Edges that the larger tests do not reach: argument checks, reprs, rare exits, bad frames."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import pytest
+
+from parmap import MapResult, Outcome, Pool, RemoteError, imap, parallel
+from parmap._results import describe_exit
+from parmap._wire import HEADER, MAX_FDS, Inbox, Outbox, ProtocolError
+
+from . import jobs
+
+
+def test_ordered_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="ordered must be a bool, got 1"):
+        imap(jobs.square, range(3), ordered=1)  # type: ignore[arg-type]
+
+
+def test_parallel_without_parentheses_needs_a_callable() -> None:
+    with pytest.raises(TypeError, match="@parallel needs a callable, got 'text'"):
+        parallel("text")  # type: ignore[call-overload]
+
+
+def test_a_pool_says_whether_it_is_open() -> None:
+    pool = Pool(workers=2)
+    assert repr(pool) == "<parmap.Pool workers=2 open>"
+    pool.close()
+    assert repr(pool) == "<parmap.Pool workers=2 closed>"
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.pmap(jobs.square, range(2))
+
+
+def test_initargs_given_as_a_list_reach_the_initializer_as_arguments() -> None:
+    initargs: Any = ["key", "from a list"]  # typed as a tuple; a list is taken all the same
+    with Pool(workers=1, initializer=jobs.remember, initargs=initargs) as pool:
+        assert pool.pmap(jobs.recall, ["key"]).values == ["from a list"]
+
+
+@pytest.mark.parametrize("initargs", [3, None])
+def test_initargs_that_are_not_a_sequence_are_refused(initargs: Any) -> None:
+    with pytest.raises(TypeError, match="initargs must be a tuple"):
+        Pool(initargs=initargs)
+
+
+def test_a_backend_without_submit_is_refused() -> None:
+    with pytest.raises(TypeError, match="backend must be"):
+        Pool(backend=object())
+
+
+def test_a_result_built_from_outcomes_in_completion_order() -> None:
+    records = [json.dumps({"id": i, "name": f"row {i}"}) for i in range(4)]
+    error = ValueError("row 2 is bad")
+    outcomes = [
+        Outcome(3, records[3]),
+        Outcome(2, error=error),
+        Outcome(0, records[0]),
+        Outcome(1, records[1]),
+    ]
+    res = MapResult.from_outcomes(outcomes)
+    assert res.values == [records[0], records[1], None, records[3]]
+    assert res.errors == {2: error}
+
+
+def test_unwrap_groups_failures_that_are_not_exceptions() -> None:
+    # An ExceptionGroup holds only Exceptions; a BaseException (as an
+    # in-process backend may capture) is carried as a RemoteError.
+    res = MapResult([b"\x00\x01", None], {1: KeyboardInterrupt("stop")})
+    with pytest.raises(ExceptionGroup) as info:
+        res.unwrap()
+    (failure,) = info.value.exceptions
+    assert isinstance(failure, RemoteError)
+    assert (failure.type_name, failure.message) == ("KeyboardInterrupt", "stop")
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "said"),
+    [
+        (None, "exit status unknown"),
+        (3, "exit code 3"),
+        (-signal.SIGSEGV, "killed by SIGSEGV"),
+        (-200, "killed by signal 200"),  # no such signal name
+    ],
+)
+def test_how_a_process_ended_is_said_plainly(exitcode: int | None, said: str) -> None:
+    assert describe_exit(exitcode) == said
+
+
+def test_a_frame_cannot_carry_more_descriptors_than_the_limit() -> None:
+    with pytest.raises(ValueError, match=f"at most {MAX_FDS} descriptors"):
+        Outbox().put(b"body", fds=list(range(MAX_FDS + 1)))
+
+
+def _receive(inbox: Inbox, data: bytes) -> None:
+    inbox.buffer()[: len(data)] = data
+    inbox.received(len(data))
+
+
+def test_a_header_claiming_too_many_descriptors_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match=f"claims {MAX_FDS + 1} descriptors"):
+        _receive(Inbox(), HEADER.pack(4, MAX_FDS + 1) + b"body")
+
+
+def test_a_frame_whose_descriptors_did_not_arrive_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="claims 2 descriptors, 0 arrived"):
+        _receive(Inbox(), HEADER.pack(4, 2) + b"body")
