@@ -452,3 +452,30 @@ def test_prefetch_queues_a_second_chunk_and_requeues_it_if_the_worker_dies() -> 
     values, errors = drain(job)
     assert len(values) == 5000 and list(errors) == [1]
     assert queued_start > 1  # the queued chunk ran again on the replacement
+
+
+# ------------------------------------------------------- late and stray events
+def test_a_worker_that_cannot_be_started_breaks_the_pool_with_the_reason() -> None:
+    h = Harness(workers=2)
+    job = h.job(range(4))
+    error = OSError("cannot fork: out of memory")
+    h.sched.on_spawn_failed(0, error)
+    kills = [cmd.wid for cmd in h.flush() if isinstance(cmd, Kill)]
+    assert job.error is error and h.sched.broken is error
+    assert kills == [1]  # the worker that did start goes too
+    assert not h.sched.slots
+
+
+def test_events_for_a_worker_already_gone_change_nothing() -> None:
+    h = Harness(workers=1)
+    job = h.job(["a", "b"])
+    h.sched.on_ready(0)
+    h.sched.on_exit(0, -9, h.now)  # replaced: worker 0 is no longer a slot
+    h.flush()
+    before = (dict(h.sched.slots), job.error, list(job.pending))
+    h.sched.on_spawn_failed(0, OSError("late"))
+    h.sched.on_exit(0, 1, h.now)
+    h.sched.on_undecodable(0, ValueError("late"), h.now)
+    assert h.flush() == []
+    assert (dict(h.sched.slots), job.error, list(job.pending)) == before
+    assert h.sched.broken is None
