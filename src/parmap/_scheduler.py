@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pickle import PicklingError
 from typing import Any
@@ -867,7 +867,3 @@ class Scheduler:
         self.jobs.clear()
         for slot in list(self.slots.values()):
             self._remove_slot(slot, Retire(slot.wid) if slot.chunk is None else Kill(slot.wid))
-
-    def busy_workers(self) -> Iterator[int]:
-        """Worker ids that are running a chunk."""
-        return (wid for wid, slot in self.slots.items() if slot.chunk is not None)
