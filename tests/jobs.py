@@ -470,3 +470,32 @@ def hang_at(x: int, hang_on: int, how: str, marker_dir: str) -> int:
     else:
         time.sleep(3600)
     return x
+
+
+# --- edges (tests/test_edges.py) ----------------------------------------------
+
+
+class FunctionLoadRaises:
+    """A map's function that pickles fine but cannot be rebuilt in a worker."""
+
+    def __call__(self, x: Any) -> Any:
+        return x
+
+    def __reduce__(self) -> Any:
+        return (_hard_refuse, ("this function cannot be rebuilt",))
+
+
+class SilentError(Exception):
+    """An exception whose ``str()`` raises, and that cannot be pickled either."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no words for it")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("not picklable")
+
+
+def raise_silent(x: int) -> int:
+    if x == 1:
+        raise SilentError
+    return x

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pytest
 
-from parmap import MapResult, Outcome, Pool, RemoteError, imap, parallel
+from parmap import MapResult, Outcome, Pool, RemoteError, imap, parallel, pmap
 from parmap._results import describe_exit
 from parmap._wire import HEADER, MAX_FDS, Inbox, Outbox, ProtocolError
 
@@ -107,3 +109,31 @@ def test_a_header_claiming_too_many_descriptors_is_a_protocol_error() -> None:
 def test_a_frame_whose_descriptors_did_not_arrive_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="claims 2 descriptors, 0 arrived"):
         _receive(Inbox(), HEADER.pack(4, 2) + b"body")
+
+
+@pytest.mark.parametrize(
+    "backend", ["process", ProcessPoolExecutor], ids=["process", "ProcessPoolExecutor"]
+)
+def test_a_function_that_cannot_be_rebuilt_in_the_worker_fails_each_item(backend: Any) -> None:
+    with contextlib.ExitStack() as stack:
+        if backend is ProcessPoolExecutor:
+            backend = stack.enter_context(ProcessPoolExecutor(1))
+        res = pmap(
+            jobs.FunctionLoadRaises(),
+            ["a", "b"],
+            workers=1,
+            start_method="spawn",
+            backend=backend,
+            on_error="collect",
+        )
+    assert sorted(res.errors) == [0, 1]
+    for error in res.errors.values():
+        assert isinstance(error, ValueError) and str(error) == "this function cannot be rebuilt"
+
+
+def test_an_exception_without_words_still_reports_its_type() -> None:
+    res = pmap(jobs.raise_silent, range(3), workers=2, on_error="collect")
+    assert res.values == [0, None, 2]
+    error = res.errors[1]
+    assert isinstance(error, RemoteError) and error.type_name.endswith("SilentError")
+    assert error.message == "<str() of the exception failed>"
