@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from parmap import MapResult, Outcome, Pool, RemoteError, imap, parallel, pmap
+from parmap import MapResult, Outcome, Pool, RemoteError, aimap, imap, parallel, pmap
 from parmap._results import describe_exit
 from parmap._wire import HEADER, MAX_FDS, Inbox, Outbox, ProtocolError
 
@@ -137,3 +138,28 @@ def test_an_exception_without_words_still_reports_its_type() -> None:
     error = res.errors[1]
     assert isinstance(error, RemoteError) and error.type_name.endswith("SilentError")
     assert error.message == "<str() of the exception failed>"
+
+
+def test_a_decorated_function_awaits_and_streams_on_its_own_pool_or_a_temporary_one() -> None:
+    async def main() -> tuple[list[Any], list[tuple[int, Any]], list[Any]]:
+        awaited = (await jobs.decorated_square.apmap(range(4))).values
+        streamed = [(o.index, o.value) async for o in jobs.decorated_square.aimap(range(3))]
+        # A pool option makes a pool for this call alone, closed when it ends.
+        own = (await jobs.decorated_square.apmap([5, 6], workers=1)).values
+        return awaited, sorted(streamed), own
+
+    try:
+        awaited, streamed, own = asyncio.run(main())
+    finally:
+        jobs.decorated_square.close()  # its pool is kept for reuse otherwise
+    assert awaited == [0, 1, 4, 9]
+    assert streamed == [(0, 0), (1, 1), (2, 4)]
+    assert own == [25, 36]
+
+
+def test_bad_input_to_a_call_with_its_own_pool_closes_that_pool() -> None:
+    # The autouse fixture fails the test if the temporary pool left a worker.
+    with pytest.raises(TypeError):
+        jobs.decorated_square.pmap(5, workers=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        aimap(jobs.square, 5)  # type: ignore[arg-type]
