@@ -163,3 +163,13 @@ def test_bad_input_to_a_call_with_its_own_pool_closes_that_pool() -> None:
         jobs.decorated_square.pmap(5, workers=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         aimap(jobs.square, 5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["thread", "serial"])
+def test_an_initializer_that_fails_in_process_is_a_clear_error(backend: str) -> None:
+    with (
+        Pool(workers=2, backend=backend, initializer=jobs.initializer_fails) as pool,
+        pytest.raises(LookupError, match="no configuration") as info,
+    ):
+        pool.pmap(jobs.square, range(4))
+    assert any("initializer" in note for note in info.value.__notes__)
