@@ -162,13 +162,13 @@ def leak_scenarios(start_method: str) -> None:
     # multiprocessing's own descriptors (its heap, the forkserver) come first.
     pmap(slow_sum, arrays[:2], [0.0, 0.0], **common)
     before = fd_count()
-    res = pmap(slow_sum, arrays, [0.0] * 11 + [30.0], timeout=1, on_error="collect", **common)
-    assert sorted(res.errors) == [11], res.errors
+    timed = pmap(slow_sum, arrays, [0.0] * 11 + [30.0], timeout=1, on_error="collect", **common)
+    assert sorted(timed.errors) == [11], timed.errors
     died = pmap(die_on, arrays, [3.0] * 12, on_error="collect", **common)
     assert sorted(died.errors) == [3], died.errors
     # Result arrays hold their mappings (and, before Python 3.13, a descriptor).
     assert fd_count() > before
-    del res
+    del timed, died
     with Pool(**common) as pool:
         it = pool.imap(slow_sum, arrays, [0.5] * 12)
         next(it)
