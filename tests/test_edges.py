@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 
-from parmap import MapResult, Outcome, Pool, RemoteError, aimap, imap, parallel, pmap
+from parmap import (
+    MapResult,
+    Outcome,
+    Pool,
+    RemoteError,
+    WorkerCrashedError,
+    aimap,
+    imap,
+    parallel,
+    pmap,
+)
 from parmap._results import describe_exit
 from parmap._wire import HEADER, MAX_FDS, Inbox, Outbox, ProtocolError
 
@@ -173,3 +183,12 @@ def test_an_initializer_that_fails_in_process_is_a_clear_error(backend: str) -> 
     ):
         pool.pmap(jobs.square, range(4))
     assert any("initializer" in note for note in info.value.__notes__)
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "sig"), [(-signal.SIGKILL, signal.SIGKILL), (-200, None), (3, None), (None, None)]
+)
+def test_a_crash_names_its_signal_only_when_there_is_one(
+    exitcode: int | None, sig: signal.Signals | None
+) -> None:
+    assert WorkerCrashedError(7, exitcode).signal == sig
