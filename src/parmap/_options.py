@@ -53,7 +53,7 @@ def usable_cpus() -> int:
     """CPUs this process may run on (affinity-aware where the OS says)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
+    except (AttributeError, OSError):  # pragma: no cover - no sched_getaffinity (macOS)
         return max(1, os.cpu_count() or 1)
 
 
