@@ -471,3 +471,9 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     assert json.loads(first) == {"index": 0, "value": "LINE 0"}
     assert code == 1, stderr
     assert "Traceback" not in stderr, stderr
+
+
+def test_a_value_that_cannot_be_written_at_all_is_named_by_its_type() -> None:
+    proc = run_cli("run", "cli_tasks:mute", stdin="a\n")
+    assert proc.returncode == 0, proc.stderr
+    assert records(proc.stdout) == [{"index": 0, "value": "<unprintable Mute>"}]

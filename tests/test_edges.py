@@ -192,3 +192,12 @@ def test_a_crash_names_its_signal_only_when_there_is_one(
     exitcode: int | None, sig: signal.Signals | None
 ) -> None:
     assert WorkerCrashedError(7, exitcode).signal == sig
+
+
+def test_parallel_applied_without_options_maps_like_the_decorator() -> None:
+    square = parallel(jobs.square)
+    try:
+        assert square(7) == 49  # inline
+        assert square.pmap(range(4)).values == [0, 1, 4, 9]
+    finally:
+        square.close()
