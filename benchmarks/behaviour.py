@@ -74,8 +74,7 @@ CRASH_CAP = 10.0  # beyond this, waiting for the crashed item's result counts as
 CTRLC_EXIT_WITHIN = 2.0
 CTRLC_CAP = 10.0
 #: Hard wall-clock cap of one experiment's process (it has inner caps of its own).
-EXPERIMENT_CAP = {"timeout": 25.0, "crash": 25.0, "async": 20.0, "progress": 20.0,
-                  "errors": 20.0}
+EXPERIMENT_CAP = {"timeout": 25.0, "crash": 25.0, "async": 20.0, "progress": 20.0, "errors": 20.0}
 START_METHOD_ENV = "PARMAP_BEHAVIOUR_START_METHOD"
 
 
@@ -191,10 +190,14 @@ def _timeout_verdict(how: str, started: float, fired_at: float | None, error: st
     if last is None:
         return Cell("yes", f"{said}; the task stopped (no heartbeat after that)")
     if last <= STOP_WITHIN:
-        return Cell("yes", f"{said}; the task stopped ({after} beats after, the last "
-                           f"{last:.1f} s later)")
-    return Cell("no", f"{said}, but the task kept running ({after} beats in the next "
-                      f"{last:.1f} s, still beating)")
+        return Cell(
+            "yes", f"{said}; the task stopped ({after} beats after, the last {last:.1f} s later)"
+        )
+    return Cell(
+        "no",
+        f"{said}, but the task kept running ({after} beats in the next "
+        f"{last:.1f} s, still beating)",
+    )
 
 
 def timeout_experiment(lib: str) -> Cell:
@@ -273,16 +276,19 @@ def _crash_verdict(how: str, items: list[tuple[str, Any]], hung: bool = False) -
     expected = [i * 10 for i in range(N_ITEMS) if i != tasks.BAD_INDEX]
     got = f"{len(values)}/{N_ITEMS - 1} other values"
     if hung:
-        return Cell("hangs", f"{how}: {got}; the crashed item never resolves "
-                             f"(gave up after {CRASH_CAP:.0f} s)")
+        return Cell(
+            "hangs",
+            f"{how}: {got}; the crashed item never resolves (gave up after {CRASH_CAP:.0f} s)",
+        )
     err = ", ".join(errors) or "nothing"
     first = next((v for k, v in items if k == "error"), None)
     if first is not None and str(first):
         err += f" ({str(first).strip().splitlines()[0][:90]})"
     if sorted(values) == expected:
         return Cell("yes", f"{how}: {got}; the crashed item gets {err}")
-    return Cell("no" if not values else "partial", f"{how}: {got} {_describe(items)}; "
-                                                   f"errors: {err}")
+    return Cell(
+        "no" if not values else "partial", f"{how}: {got} {_describe(items)}; errors: {err}"
+    )
 
 
 def crash_experiment(lib: str) -> Cell:
@@ -328,8 +334,10 @@ def crash_experiment(lib: str) -> Cell:
         import parmap
 
         res = parmap.pmap(fn, xs, on_error="collect", **_parmap_options())
-        items = [("error", res.errors[i]) if i in res.errors else ("value", v)
-                 for i, v in enumerate(res.values)]
+        items = [
+            ("error", res.errors[i]) if i in res.errors else ("value", v)
+            for i, v in enumerate(res.values)
+        ]
         return _crash_verdict("pmap(on_error='collect')", items)
     raise ValueError(lib)
 
@@ -364,16 +372,22 @@ async def _with_ticker(coro: Any) -> tuple[Any, _Ticker]:
 
 
 def _awaitable_attrs(obj: Any) -> list[str]:
-    return sorted(n for n in dir(obj) if n.startswith(("a", "async")) and
-                  inspect.iscoroutinefunction(getattr(obj, n, None)))
+    return sorted(
+        n
+        for n in dir(obj)
+        if n.startswith(("a", "async")) and inspect.iscoroutinefunction(getattr(obj, n, None))
+    )
 
 
 def async_experiment(lib: str) -> Cell:
     if lib == "ProcessPoolExecutor":
         fut = _ppe().submit(tasks.square, 3)
         native = inspect.isawaitable(fut)
-        return Cell("no", f"Future awaitable: {native}; wrap it yourself "
-                          "(loop.run_in_executor / asyncio.wrap_future)")
+        return Cell(
+            "no",
+            f"Future awaitable: {native}; wrap it yourself "
+            "(loop.run_in_executor / asyncio.wrap_future)",
+        )
     if lib == "mp.Pool":
         res = _mp_pool().apply_async(tasks.square, (3,))
         return Cell("no", f"AsyncResult awaitable: {inspect.isawaitable(res)}; callbacks only")
@@ -381,8 +395,11 @@ def async_experiment(lib: str) -> Cell:
         import joblib
 
         found = _awaitable_attrs(joblib.Parallel) + _awaitable_attrs(joblib)
-        return Cell("no", f"no coroutine API in joblib.Parallel ({found or 'none found'}); "
-                          "blocking call or return_as='generator' only")
+        return Cell(
+            "no",
+            f"no coroutine API in joblib.Parallel ({found or 'none found'}); "
+            "blocking call or return_as='generator' only",
+        )
     if lib == "pebble":
         import pebble
         from pebble import asynchronous
@@ -395,31 +412,45 @@ def async_experiment(lib: str) -> Cell:
 
         values, ticker = asyncio.run(_with_ticker(main()))
         wrapped = asyncio.run(_wrap(pool.schedule(tasks.square, args=(3,))))
-        return Cell("partial", f"per call only: @pebble.asynchronous.process(pool=...) "
-                               f"awaited {values} (loop ticked {ticker.ticks}x); "
-                               f"ProcessPool futures via asyncio.wrap_future -> {wrapped}; "
-                               f"no awaitable map (pebble {pebble.__version__})")
+        return Cell(
+            "partial",
+            f"per call only: @pebble.asynchronous.process(pool=...) "
+            f"awaited {values} (loop ticked {ticker.ticks}x); "
+            f"ProcessPool futures via asyncio.wrap_future -> {wrapped}; "
+            f"no awaitable map (pebble {pebble.__version__})",
+        )
     if lib == "mpire":
         import mpire
 
         found = _awaitable_attrs(mpire.WorkerPool)
         res = _mpire_pool().apply_async(tasks.square, (3,))
-        return Cell("no", f"no coroutine API ({found or 'none found'}); "
-                          f"apply_async() result awaitable: {inspect.isawaitable(res)}")
+        return Cell(
+            "no",
+            f"no coroutine API ({found or 'none found'}); "
+            f"apply_async() result awaitable: {inspect.isawaitable(res)}",
+        )
     if lib == "parmap":
         import parmap
 
-        values, ticker = asyncio.run(_with_ticker(
-            parmap.apmap(tasks.nap_square, range(N_ITEMS), **_parmap_options())))
+        values, ticker = asyncio.run(
+            _with_ticker(parmap.apmap(tasks.nap_square, range(N_ITEMS), **_parmap_options()))
+        )
 
         async def stream() -> list[int]:
-            return [o.index async for o in parmap.aimap(tasks.square, range(N_ITEMS),
-                                                        ordered=True, **_parmap_options())]
+            return [
+                o.index
+                async for o in parmap.aimap(
+                    tasks.square, range(N_ITEMS), ordered=True, **_parmap_options()
+                )
+            ]
 
         order = asyncio.run(stream())
-        return Cell("yes", f"await apmap() -> {list(values)} (loop ticked {ticker.ticks}x, "
-                           f"max gap {ticker.max_gap * 1000:.0f} ms); "
-                           f"async for over aimap(ordered=True) -> indexes {order}")
+        return Cell(
+            "yes",
+            f"await apmap() -> {list(values)} (loop ticked {ticker.ticks}x, "
+            f"max gap {ticker.max_gap * 1000:.0f} ms); "
+            f"async for over aimap(ordered=True) -> indexes {order}",
+        )
     raise ValueError(lib)
 
 
@@ -475,28 +506,35 @@ def progress_experiment(lib: str) -> Cell:
         import joblib
 
         with _capture_stderr() as err:
-            _joblib_parallel(verbose=10)(joblib.delayed(tasks.nap_square)(x)
-                                         for x in range(N_ITEMS))
+            _joblib_parallel(verbose=10)(
+                joblib.delayed(tasks.nap_square)(x) for x in range(N_ITEMS)
+            )
         lines = [ln for ln in err[0].splitlines() if "Done" in ln]
-        return Cell("no", f"verbose=10 logs text lines instead ({len(lines)} 'Done k out of n' "
-                          f"lines, e.g. {lines[-1].strip()[:40]!r})" if lines else
-                          "verbose= prints nothing here")
+        return Cell(
+            "no",
+            f"verbose=10 logs text lines instead ({len(lines)} 'Done k out of n' "
+            f"lines, e.g. {lines[-1].strip()[:40]!r})"
+            if lines
+            else "verbose= prints nothing here",
+        )
     if lib == "mpire":
         with _capture_stderr() as err, _mpire_pool() as pool:
             pool.map(tasks.nap_square, range(N_ITEMS), progress_bar=True)
         seen = bar in err[0]
-        return Cell("yes" if seen else "no",
-                    f"map(progress_bar=True): tqdm bar on stderr {'showed' if seen else 'lacked'}"
-                    f" {bar!r}")
+        return Cell(
+            "yes" if seen else "no",
+            f"map(progress_bar=True): tqdm bar on stderr {'showed' if seen else 'lacked'} {bar!r}",
+        )
     if lib == "parmap":
         import parmap
 
         with _capture_stderr() as err:
             parmap.pmap(tasks.nap_square, range(N_ITEMS), progress=True, **_parmap_options())
         seen = bar in err[0]
-        return Cell("yes" if seen else "no",
-                    f"pmap(progress=True): tqdm bar on stderr {'showed' if seen else 'lacked'}"
-                    f" {bar!r}")
+        return Cell(
+            "yes" if seen else "no",
+            f"pmap(progress=True): tqdm bar on stderr {'showed' if seen else 'lacked'} {bar!r}",
+        )
     raise ValueError(lib)
 
 
@@ -505,13 +543,16 @@ def progress_experiment(lib: str) -> Cell:
 
 def _full(items: list[tuple[str, Any]]) -> bool:
     """True when ``items`` are the 5 values in input order with the error at its place."""
-    want = [("value", i * 10) if i != tasks.BAD_INDEX else ("error", "ValueError")
-            for i in range(N_ITEMS)]
+    want = [
+        ("value", i * 10) if i != tasks.BAD_INDEX else ("error", "ValueError")
+        for i in range(N_ITEMS)
+    ]
     return [(k, v if k == "value" else _ename(v)) for k, v in items] == want
 
 
-def _errors_cell(blocking: str, blocking_result: str, it_how: str,
-                 items: list[tuple[str, Any]] | None) -> Cell:
+def _errors_cell(
+    blocking: str, blocking_result: str, it_how: str, items: list[tuple[str, Any]] | None
+) -> Cell:
     note = f"{blocking} {blocking_result}"
     if items is None:
         return Cell("no", note)
@@ -532,12 +573,14 @@ def errors_experiment(lib: str) -> Cell:
     fn, xs = tasks.raise_at, range(N_ITEMS)
     if lib == "ProcessPoolExecutor":
         ex = _ppe()
-        return _errors_cell("list(map())", _call(lambda: list(ex.map(fn, xs))),
-                            "map()", _drain(ex.map(fn, xs)))
+        return _errors_cell(
+            "list(map())", _call(lambda: list(ex.map(fn, xs))), "map()", _drain(ex.map(fn, xs))
+        )
     if lib == "mp.Pool":
         pool = _mp_pool()
-        return _errors_cell("map()", _call(lambda: pool.map(fn, xs)),
-                            "imap()", _drain(pool.imap(fn, xs)))
+        return _errors_cell(
+            "map()", _call(lambda: pool.map(fn, xs)), "imap()", _drain(pool.imap(fn, xs))
+        )
     if lib == "joblib":
         import joblib
 
@@ -549,9 +592,12 @@ def errors_experiment(lib: str) -> Cell:
         return _errors_cell("Parallel()", blocking, "return_as='generator'", _drain(iter(gen)))
     if lib == "pebble":
         pool = _pebble_pool()
-        return _errors_cell("list(map().result())",
-                            _call(lambda: list(pool.map(fn, xs).result())),
-                            "map().result()", _drain(pool.map(fn, xs).result()))
+        return _errors_cell(
+            "list(map().result())",
+            _call(lambda: list(pool.map(fn, xs).result())),
+            "map().result()",
+            _drain(pool.map(fn, xs).result()),
+        )
     if lib == "mpire":
         with _mpire_pool() as pool:
             blocking = _call(lambda: pool.map(fn, xs))
@@ -561,12 +607,16 @@ def errors_experiment(lib: str) -> Cell:
         import parmap
 
         res = parmap.pmap(fn, xs, on_error="collect", **_parmap_options())
-        items = [("error", res.errors[i]) if i in res.errors else ("value", v)
-                 for i, v in enumerate(res.values)]
+        items = [
+            ("error", res.errors[i]) if i in res.errors else ("value", v)
+            for i, v in enumerate(res.values)
+        ]
         ok = _full(items)
-        return Cell("yes" if ok else "no",
-                    f"pmap(on_error='collect'): values={res.values}, "
-                    f"errors={{{', '.join(f'{i}: {_ename(e)}' for i, e in res.errors.items())}}}")
+        return Cell(
+            "yes" if ok else "no",
+            f"pmap(on_error='collect'): values={res.values}, "
+            f"errors={{{', '.join(f'{i}: {_ename(e)}' for i, e in res.errors.items())}}}",
+        )
     raise ValueError(lib)
 
 
@@ -692,7 +742,10 @@ class Experiment:
             env[START_METHOD_ENV] = start_method
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--child", cap, lib],
-            env=env, stdin=subprocess.DEVNULL, stdout=self.out, stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a group SIGINT reaches only it
         )
 
@@ -734,9 +787,11 @@ def run_experiment(cap: str, lib: str, start_method: str | None, verbose: bool) 
         if cell is None:
             why = "hung" if not finished else f"exited {exp.proc.returncode}"
             tail = exp.log().strip().splitlines()[-1:] or [""]
-            cell = Cell("hangs" if not finished else "error",
-                        f"experiment process {why} after {EXPERIMENT_CAP[cap]:.0f} s cap "
-                        f"without a result; {tail[0][:150]}")
+            cell = Cell(
+                "hangs" if not finished else "error",
+                f"experiment process {why} after {EXPERIMENT_CAP[cap]:.0f} s cap "
+                f"without a result; {tail[0][:150]}",
+            )
         if verbose:
             print(f"--- {cap} / {lib}: log\n{exp.log()}", file=sys.stderr)
         return cell
@@ -753,8 +808,9 @@ def _wait_for_markers(workdir: str, n: int, proc: subprocess.Popen[bytes], cap: 
     return False
 
 
-def ctrlc_trial(lib: str, start_method: str | None, to_group: bool,
-                verbose: bool) -> tuple[str, str]:
+def ctrlc_trial(
+    lib: str, start_method: str | None, to_group: bool, verbose: bool
+) -> tuple[str, str]:
     """SIGINT once WORKERS items run; returns (verdict, note)."""
     import psutil
 
@@ -763,8 +819,7 @@ def ctrlc_trial(lib: str, start_method: str | None, to_group: bool,
         # Every worker is busy with a sleep once WORKERS markers exist.
         if not _wait_for_markers(exp.workdir, WORKERS, exp.proc, 60.0):
             return "error", f"map never started (exit {exp.proc.poll()})"
-        workers = [p for p in _processes_of(exp.workdir, exclude=exp.proc.pid)
-                   if not _is_helper(p)]
+        workers = [p for p in _processes_of(exp.workdir, exclude=exp.proc.pid) if not _is_helper(p)]
         sent = time.monotonic()
         if to_group:
             os.killpg(exp.proc.pid, signal.SIGINT)
@@ -779,8 +834,10 @@ def ctrlc_trial(lib: str, start_method: str | None, to_group: bool,
         left = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         # The parent's own KeyboardInterrupt traceback is expected; workers' are noise.
         tracebacks = exp.log().count("Traceback")
-        note = f"exit {took:.1f} s, {len(left)}/{len(workers)} workers left, {tracebacks} " \
-               f"traceback{'s' if tracebacks != 1 else ''} on stderr"
+        note = (
+            f"exit {took:.1f} s, {len(left)}/{len(workers)} workers left, {tracebacks} "
+            f"traceback{'s' if tracebacks != 1 else ''} on stderr"
+        )
         ok = took <= CTRLC_EXIT_WITHIN and not left
         return ("yes" if ok else "partial" if took <= CTRLC_CAP else "no"), note
     finally:
@@ -845,11 +902,11 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(results: dict[tuple[str, str], Cell], libs: list[str], caps: list[str],
-                    start_method: str | None) -> str:
+def render_markdown(
+    results: dict[tuple[str, str], Cell], libs: list[str], caps: list[str], start_method: str | None
+) -> str:
     lines = [f"- {h}" for h in header(start_method)]
-    lines += ["", "| capability | " + " | ".join(libs) + " |",
-              "|---|" + "---|" * len(libs)]
+    lines += ["", "| capability | " + " | ".join(libs) + " |", "|---|" + "---|" * len(libs)]
     for cap in caps:
         cells = []
         for lib in libs:
@@ -859,8 +916,9 @@ def render_markdown(results: dict[tuple[str, str], Cell], libs: list[str], caps:
     return "\n".join(lines)
 
 
-def render_text(results: dict[tuple[str, str], Cell], libs: list[str], caps: list[str],
-                start_method: str | None) -> str:
+def render_text(
+    results: dict[tuple[str, str], Cell], libs: list[str], caps: list[str], start_method: str | None
+) -> str:
     lines = [*header(start_method), ""]
     first = max(len(CAP_TITLES[c]) for c in caps)
     widths = [max(len(lib), 8) for lib in libs]
@@ -883,10 +941,18 @@ def render_text(results: dict[tuple[str, str], Cell], libs: list[str], caps: lis
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print a GitHub markdown table")
-    parser.add_argument("--only", nargs="+", metavar="NAME", default=[],
-                        help="restrict to these libraries and/or capabilities")
-    parser.add_argument("--start-method", choices=("fork", "spawn", "forkserver"),
-                        help="start method for the pools (default: the platform's)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        default=[],
+        help="restrict to these libraries and/or capabilities",
+    )
+    parser.add_argument(
+        "--start-method",
+        choices=("fork", "spawn", "forkserver"),
+        help="start method for the pools (default: the platform's)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print every experiment's log")
     parser.add_argument("--child", nargs=2, metavar=("CAP", "LIB"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -901,10 +967,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.only) - set(LIBS) - set(CAPS)
     if unknown:
         parser.error(f"unknown names {sorted(unknown)}; choose from {LIBS + CAPS}")
-    libs = [lib for lib in LIBS if not args.only or lib in args.only or
-            not set(args.only) & set(LIBS)]
-    caps = [cap for cap in CAPS if not args.only or cap in args.only or
-            not set(args.only) & set(CAPS)]
+    libs = [
+        lib for lib in LIBS if not args.only or lib in args.only or not set(args.only) & set(LIBS)
+    ]
+    caps = [
+        cap for cap in CAPS if not args.only or cap in args.only or not set(args.only) & set(CAPS)
+    ]
     results: dict[tuple[str, str], Cell] = {}
     began = time.monotonic()
     for cap in caps:
@@ -917,8 +985,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cell = run_experiment(cap, lib, args.start_method, args.verbose)
             results[(cap, lib)] = cell
-            print(f"[{time.monotonic() - began:5.1f} s] {cap:<8} {lib:<20} {cell.verdict:<7} "
-                  f"({time.monotonic() - t0:.1f} s)", file=sys.stderr, flush=True)
+            print(
+                f"[{time.monotonic() - began:5.1f} s] {cap:<8} {lib:<20} {cell.verdict:<7} "
+                f"({time.monotonic() - t0:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     render = render_markdown if args.markdown else render_text
     print(render(results, libs, caps, args.start_method))
     return 0

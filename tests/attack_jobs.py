@@ -11,9 +11,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from parmap import pmap
+from parmap._options import StartMethod
 
 
 def start_child_then_hang(marker_dir: str) -> None:
@@ -68,10 +69,55 @@ def spin_holding_the_gil(marker: str) -> int:
 
 def orphan_scenario(start_method: str, marker: str) -> None:
     """A parent whose worker holds the GIL; the test SIGKILLs this parent."""
-    pmap(spin_holding_the_gil, [marker], workers=1, start_method=start_method)
+    method = cast("StartMethod", start_method)
+    pmap(spin_holding_the_gil, [marker], workers=1, start_method=method)
 
 
 SCENARIOS: dict[str, Any] = {"orphan": orphan_scenario}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]](*sys.argv[2:])
+
+
+def _slowly(value: int) -> int:
+    time.sleep(30)
+    return value
+
+
+class SlowToUnpickle:
+    """An argument whose unpickling in the worker takes 30 s."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_slowly, (self.value,))
+
+
+class SlowToPickle:
+    """A result whose pickling in the worker takes 30 s."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        time.sleep(30)
+        return (int, (0,))
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def return_slow_to_pickle(_: Any) -> SlowToPickle:
+    return SlowToPickle()
+
+
+def never_return() -> None:
+    time.sleep(3600)
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def exit_now(code: int) -> int:
+    os._exit(code)

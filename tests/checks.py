@@ -1,8 +1,43 @@
-"""Checks several test modules make of a map's outcome."""
+"""Checks several test modules make: of a map's outcome, and of a state reached in time."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
 from parmap import MapResult
+
+T = TypeVar("T")
+
+
+def eventually(
+    check: Callable[[], T], *, within: float, message: str | Callable[[], str], every: float = 0.01
+) -> T:
+    """Poll ``check`` until it returns something truthy, and return that.
+
+    After ``within`` seconds, fail with ``message`` (a callable is asked at that
+    moment, so that it can name what is still wrong).
+    """
+    deadline = time.monotonic() + within
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(message() if callable(message) else message)
+        time.sleep(every)
+    return result
+
+
+async def aeventually(
+    check: Callable[[], T], *, within: float, message: str | Callable[[], str], every: float = 0.01
+) -> T:
+    """``eventually`` for a coroutine: waits with ``asyncio.sleep``, so the loop runs on."""
+    deadline = time.monotonic() + within
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(message() if callable(message) else message)
+        await asyncio.sleep(every)
+    return result
 
 
 def has_traceback(error: BaseException) -> bool:

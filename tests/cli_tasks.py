@@ -94,3 +94,17 @@ def crash(line: str) -> str:
 def shout(line: str) -> str:
     """A decorated function: the CLI maps it like any other."""
     return line.upper() + "!"
+
+
+class Mute:
+    """A value that neither JSON, str() nor repr() can write."""
+
+    def __str__(self) -> str:
+        raise TypeError("no str")
+
+    def __repr__(self) -> str:
+        raise TypeError("no repr")
+
+
+def mute(line: str) -> Mute:
+    return Mute()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 
 import psutil
 import pytest
 
+from .checks import eventually
 from .procs import running_children
 
 
@@ -54,13 +54,13 @@ def no_leftover_processes(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if request.node.get_closest_marker("allow_leftover"):
         return
-    deadline = time.monotonic() + 5.0
-    while True:
-        left = [p for p in running_children() if p.pid not in before]
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    if left:
+
+    def leftovers() -> list[psutil.Process]:
+        return [p for p in running_children() if p.pid not in before]
+
+    with contextlib.suppress(AssertionError):
+        eventually(lambda: not leftovers(), within=5.0, message="", every=0.05)
+    if left := leftovers():
         for proc in left:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()

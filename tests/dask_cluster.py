@@ -15,14 +15,14 @@ def local_client() -> Iterator[Any]:
     # dashboard_address=":0": None still opened the dashboard on port 8787,
     # which clashes between concurrent test runs.
     with (
-        LocalCluster(
+        LocalCluster(  # type: ignore[no-untyped-call]  # distributed leaves it unannotated
             n_workers=2,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
             dashboard_address=":0",
         ) as cluster,
-        Client(cluster) as client,
+        Client(cluster) as client,  # type: ignore[no-untyped-call]  # as LocalCluster
     ):
         yield client
 

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from parmap import parallel
+from parmap._options import StartMethod
 
 
 def square(x: int) -> int:
@@ -371,7 +372,9 @@ def hard_return_odd(x: int, kind: str) -> Any:
     return {"dump_raises": HardDumpRaises, "exit_on_load": HardExitOnLoad}[kind]()
 
 
-def hard_nested_pmap(n: int, start_method: str | None = None) -> tuple[list[Any], list[int], int]:
+def hard_nested_pmap(
+    n: int, start_method: StartMethod | None = None
+) -> tuple[list[Any], list[int], int]:
     """Run a pmap inside a worker: (values, inner worker pids, this worker's pid)."""
     from parmap import pmap
 
@@ -556,6 +559,8 @@ def attempt_then(x: int, how: str, marker_dir: str) -> int:
             time.sleep(3600)
         os._exit(7)
     return x
+
+
 # --- parmap.Executor (tests/test_executor.py) ---------------------------------
 
 
@@ -575,3 +580,32 @@ def executor_kwargs(text: str, *, sep: str = " ", upper: bool = False) -> list[s
 
 def executor_hang_in_initializer() -> None:
     time.sleep(3600)
+
+
+# --- edges (tests/test_edges.py) ----------------------------------------------
+
+
+class FunctionLoadRaises:
+    """A map's function that pickles fine but cannot be rebuilt in a worker."""
+
+    def __call__(self, x: Any) -> Any:
+        return x
+
+    def __reduce__(self) -> Any:
+        return (_hard_refuse, ("this function cannot be rebuilt",))
+
+
+class SilentError(Exception):
+    """An exception whose ``str()`` raises, and that cannot be pickled either."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no words for it")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("not picklable")
+
+
+def raise_silent(x: int) -> int:
+    if x == 1:
+        raise SilentError
+    return x

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,7 @@ def oom(cgroup: str) -> dict[str, Any]:
     return describe(pmap(touch, [5, 400, 5], workers=1, on_error="collect", timeout=60))
 
 
-CASES = {
+CASES: dict[str, Callable[..., dict[str, Any]]] = {
     "big": big,
     "leaky": leaky,
     "retried": retried,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterable
 
 import psutil
+
+from .checks import eventually
 
 _MP_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
@@ -34,10 +35,9 @@ def pid_running(pid: int) -> bool:
 def wait_ended(procs: Iterable[psutil.Process], seconds: float) -> list[psutil.Process]:
     """Wait up to ``seconds`` for ``procs`` to end; return those still running."""
     procs = list(procs)
-    deadline = time.monotonic() + seconds
-    while (left := running(procs)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return left
+    with contextlib.suppress(AssertionError):
+        eventually(lambda: not running(procs), within=seconds, message="", every=0.02)
+    return running(procs)
 
 
 def processes(pids: Iterable[int]) -> list[psutil.Process]:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from parmap import MapStats, Pool, aimap, imap, pmap
+from parmap import MapResult, MapStats, Pool, aimap, imap, pmap
 
 SVG = "{http://www.w3.org/2000/svg}"
 SLOW_INDEX = 13
@@ -158,6 +158,7 @@ def svg_facts(path: str) -> dict[str, Any]:
 
 
 def run(case: str) -> tuple[MapStats, dict[str, Any]]:
+    res: MapResult[Any]
     extra: dict[str, Any] = {}
     if case == "slow_item":
         lines = [
@@ -206,13 +207,13 @@ def run(case: str) -> tuple[MapStats, dict[str, Any]]:
         assert it.stats is not None
         return it.stats, extra
     if case == "imap_raise":
-        it = imap(always_raise, range(6), workers=2)
+        raising = imap(always_raise, range(6), workers=2)
         try:
-            list(it)
+            list(raising)
         except KeyError as exc:
             extra["raised"] = exc.args[0]
-        assert it.stats is not None
-        return it.stats, extra
+        assert raising.stats is not None
+        return raising.stats, extra
     if case == "aimap":
 
         async def main() -> MapStats:

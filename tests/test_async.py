@@ -32,7 +32,7 @@ import parmap
 from parmap import MapResult, Pool, TaskTimeoutError
 
 from . import jobs
-from .checks import seed_expectations
+from .checks import aeventually, seed_expectations
 from .procs import pid_running, running_children
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -63,12 +63,11 @@ def run(request: pytest.FixtureRequest) -> Run:
 async def wait_for_files(directory: Path, names: Iterable[str], timeout: float = 30.0) -> None:
     """Wait (without blocking the loop) until the workers wrote these files."""
     paths = [directory / name for name in names]
-    deadline = time.monotonic() + timeout
-    while not all(path.exists() for path in paths):
-        if time.monotonic() > deadline:
-            missing = [p.name for p in paths if not p.exists()]
-            raise AssertionError(f"workers never wrote {missing}")
-        await asyncio.sleep(0.01)
+    await aeventually(
+        lambda: all(path.exists() for path in paths),
+        within=timeout,
+        message=lambda: f"workers never wrote {[p.name for p in paths if not p.exists()]}",
+    )
 
 
 def pids(directory: Path, indexes: Iterable[int]) -> list[int]:
@@ -77,11 +76,11 @@ def pids(directory: Path, indexes: Iterable[int]) -> list[int]:
 
 
 async def wait_until_dead(pid_list: list[int], timeout: float = STOP_BOUND) -> None:
-    deadline = time.monotonic() + timeout
-    while any(pid_running(pid) for pid in pid_list):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"workers still alive: {[p for p in pid_list if pid_running(p)]}")
-        await asyncio.sleep(0.01)
+    await aeventually(
+        lambda: not any(pid_running(pid) for pid in pid_list),
+        within=timeout,
+        message=lambda: f"workers still alive: {[p for p in pid_list if pid_running(p)]}",
+    )
 
 
 def children() -> set[int]:

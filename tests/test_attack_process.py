@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from parmap import TaskTimeoutError, WorkerCrashedError, imap, pmap
+from parmap._options import StartMethod
 
 from . import attack_jobs
 from .procs import pid_running
@@ -35,7 +36,7 @@ def _wait_for(path: Path, seconds: float) -> str:
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_a_timed_out_items_own_children_are_killed_with_it(
-    tmp_path: Path, start_method: str
+    tmp_path: Path, start_method: StartMethod
 ) -> None:
     res = pmap(
         attack_jobs.start_child_then_hang,
@@ -133,3 +134,35 @@ def test_a_crash_is_still_reported_with_its_exit_code() -> None:
 
     res = pmap(jobs.exit_if, range(6), [2] * 6, workers=2, on_error="collect")
     assert isinstance(res.errors[2], WorkerCrashedError) and res.errors[2].exitcode == 3
+
+
+ATTACK = Path(__file__).resolve().parent / "scripts" / "attack_parent.py"
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        "close_from_another_thread",
+        "sigint_during_start_up",
+        "two_crashes_at_once",
+        "slow_unpickling",
+        "slow_pickling",
+        "initializer_never_returns",
+        "stopped_idle_worker",
+    ],
+)
+def test_attack_scenario(scenario: str) -> None:
+    """Each runs in a process of its own; a hang is caught by the time limit."""
+    env = {**os.environ, "PARMAP_START_TIMEOUT": "3"}
+    try:
+        out = subprocess.run(
+            [sys.executable, str(ATTACK), scenario],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=env,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{scenario} hung: {exc.stdout!r} {exc.stderr!r}")
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr

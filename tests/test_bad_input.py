@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from parmap import Pool, RemoteError, WorkerCrashedError, apmap, imap, parallel, pmap
+from parmap._options import StartMethod
 
 from . import jobs
 
@@ -44,7 +45,7 @@ def breaking(items: list[Any], at: int, error: BaseException) -> Iterator[Any]:
         lambda: list(imap(None, [1])),  # type: ignore[arg-type]
         lambda: asyncio.run(apmap(None, [1])),  # type: ignore[arg-type]
         lambda: Pool(workers=1).pmap(None, [1]),  # type: ignore[arg-type]
-        lambda: parallel(workers=1)(None),  # type: ignore[call-overload]
+        lambda: parallel(workers=1)(None),  # type: ignore[arg-type]
     ],
     ids=["pmap", "imap", "apmap", "Pool.pmap", "parallel"],
 )
@@ -182,7 +183,9 @@ def test_a_pool_keeps_working_after_an_input_error() -> None:
 @pytest.mark.parametrize(
     "bad", [threading.Lock(), jobs.HardDumpRaises()], ids=["lock", "reduce-raises"]
 )
-def test_an_argument_that_cannot_be_pickled_fails_only_its_item(method: str, bad: Any) -> None:
+def test_an_argument_that_cannot_be_pickled_fails_only_its_item(
+    method: StartMethod, bad: Any
+) -> None:
     args: list[Any] = [0, bad, 2, 3]
     with Pool(workers=2, start_method=method) as pool:
         res = pool.pmap(jobs.return_it, args, on_error="collect", chunksize=4)
@@ -239,9 +242,7 @@ def test_a_result_that_cannot_be_pickled_fails_only_its_item() -> None:
 def test_a_result_whose_unpickling_raises_system_exit_fails_only_its_item() -> None:
     """Rebuilding a result in the parent runs its code; a SystemExit there must not stop the map."""
     with Pool(workers=1) as pool:
-        res = pool.pmap(
-            jobs.hard_return_odd, range(4), ["exit_on_load"] * 4, on_error="collect"
-        )
+        res = pool.pmap(jobs.hard_return_odd, range(4), ["exit_on_load"] * 4, on_error="collect")
         assert res.values == [0, None, 2, 3]
         assert "could not be unpickled" in str(res.errors[1])
         assert pool.pmap(jobs.square, [3]).values == [9]

@@ -17,6 +17,7 @@ from collections import Counter
 import pytest
 
 from parmap import Pool, TaskTimeoutError, WorkerCrashedError, imap, pmap
+from parmap._options import StartMethod
 
 from . import jobs
 
@@ -117,7 +118,7 @@ def test_chaos_raise_mode_stops_at_a_failure_and_leaves_nothing() -> None:
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 @pytest.mark.timeout(120)
-def test_chaos_with_slow_starting_workers(method: str) -> None:
+def test_chaos_with_slow_starting_workers(method: StartMethod) -> None:
     """Replacements that take a while to start (spawn, forkserver) still get the work right."""
     rng = random.Random(method)
     plan = ["ok"] * 400

@@ -563,7 +563,7 @@ def test_progress_counts_resumed_items_as_done(markers: Path, tmp_path: Path) ->
     ck = tmp_path / "progress.ckpt"
     pmap(cj.square, range(60), workers=2, checkpoint=ck)
     bar = tqdm(total=100, file=io.StringIO())
-    seen_at_first_run_item = -1
+    seen_at_first_run_item: float = -1
     for out in imap(cj.square, range(100), workers=2, ordered=True, checkpoint=ck, progress=bar):
         if out.index == 60:
             seen_at_first_run_item = bar.n

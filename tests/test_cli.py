@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -532,3 +533,48 @@ def test_main_returns_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.startswith("parmap: error: ")
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("parmap ")
+
+
+# --- line endings and a reader that leaves ------------------------------------------
+
+
+def test_windows_line_endings_are_not_part_of_the_input() -> None:
+    proc = run_cli("run", "cli_tasks:upper", stdin="crlf\r\nline\r\n")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["value"] for r in records(proc.stdout)] == ["CRLF", "LINE"]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    # `parmap run ... | head -1`: more output than a pipe holds, one line read.
+    lines = [f"line {i}\n" for i in range(50_000)]
+    with _start([sys.executable, "-m", "parmap", "run", "cli_tasks:upper"]) as proc:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        stdin = proc.stdin
+
+        def feed() -> None:
+            with contextlib.suppress(BrokenPipeError):
+                stdin.writelines(lines)
+            with contextlib.suppress(BrokenPipeError):
+                stdin.close()  # closes even when its last flush fails
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        try:
+            code = proc.wait(TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        feeder.join(TIMEOUT)
+        stderr = proc.stderr.read()
+    assert_no_processes_left(proc.pid)
+    assert json.loads(first) == {"index": 0, "value": "LINE 0"}
+    assert code == 1, stderr
+    assert "Traceback" not in stderr, stderr
+
+
+def test_a_value_that_cannot_be_written_at_all_is_named_by_its_type() -> None:
+    proc = run_cli("run", "cli_tasks:mute", stdin="a\n")
+    assert proc.returncode == 0, proc.stderr
+    assert records(proc.stdout) == [{"index": 0, "value": "<unprintable Mute>"}]

@@ -21,10 +21,11 @@ from parmap import (
     parallel,
     pmap,
 )
+from parmap._options import StartMethod
 
 from . import jobs
 from .checks import seed_expectations
-from .procs import pid_running, running
+from .procs import pid_running, running, running_children
 
 
 def test_seed_scenario_decorated() -> None:
@@ -265,14 +266,20 @@ def test_parent_memory_is_bounded_by_the_buffer() -> None:
     stream = imap(jobs.sleep_return, source(), workers=2, buffer=32, ordered=True)
     first = next(stream)
     assert first.index == 0
-    stream.close()  # type: ignore[attr-defined]
+    stream.close()
     assert next(pulled) <= 32 + 1
 
 
 def test_chunksize_option_is_honoured() -> None:
-    res = pmap(jobs.getpid, range(20), workers=2, chunksize=10)
-    assert len(set(res.values)) <= 2
+    before = {p.pid for p in running_children()}
+    with Pool(workers=2) as pool:
+        res = pool.pmap(jobs.getpid, range(20), chunksize=10)
+        workers = {p.pid for p in running_children()} - before
+    assert len(workers) == 2
+    # Every item ran in one of the pool's workers, and each chunk of ten in one.
+    assert set(res.values) <= workers
     assert res.values[:10] == [res.values[0]] * 10
+    assert res.values[10:] == [res.values[10]] * 10
 
 
 def test_max_tasks_per_worker_replaces_workers() -> None:
@@ -290,7 +297,9 @@ def test_workers_ignore_sigint_and_sigterm_then_run_the_initializer() -> None:
         handlers = pool.pmap(jobs.report_signals, range(2)).values
     assert all(h == (signal.SIG_IGN, signal.SIG_IGN) for h in handlers)
     with Pool(workers=1, ignore_signals=False) as pool:
-        ((sigint, _),) = pool.pmap(jobs.report_signals, [0]).values
+        (handlers_of_one,) = pool.pmap(jobs.report_signals, [0]).values
+    assert handlers_of_one is not None
+    sigint, _ = handlers_of_one
     assert sigint is not signal.SIG_IGN
 
 
@@ -302,7 +311,7 @@ def test_initializer_failure_is_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-def test_every_start_method(method: str) -> None:
+def test_every_start_method(method: StartMethod) -> None:
     res = pmap(jobs.fail_every_third, range(10), workers=3, start_method=method, on_error="collect")
     seed_expectations(res)
     assert jobs.decorated_square.pmap(range(5), start_method=method).values == [0, 1, 4, 9, 16]

@@ -24,6 +24,7 @@ import pytest
 from parmap import Pool, TaskTimeoutError, apmap, pmap
 
 from . import jobs
+from .checks import eventually
 from .dask_cluster import local_client, wait_until_idle
 
 distributed = pytest.importorskip("distributed")
@@ -48,10 +49,12 @@ def parmap_tasks(client: Any) -> list[str]:
 
 
 def wait_until_forgotten(client: Any) -> None:
-    deadline = time.monotonic() + 30
-    while left := parmap_tasks(client):
-        assert time.monotonic() < deadline, f"the scheduler still holds {left}"
-        time.sleep(0.05)
+    eventually(
+        lambda: not parmap_tasks(client),
+        within=30,
+        message=lambda: f"the scheduler still holds {parmap_tasks(client)}",
+        every=0.05,
+    )
 
 
 def test_items_run_on_the_cluster_workers(client: Any) -> None:

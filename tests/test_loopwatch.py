@@ -6,19 +6,23 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVarTuple, Unpack
 
 import pytest
 
 from parmap import Pool, TaskTimeoutError, aimap, apmap
 
 from . import jobs
+from .checks import aeventually, eventually
+
+Ts = TypeVarTuple("Ts")
 
 
 class NoReaderLoop(asyncio.SelectorEventLoop):
     """Behaves like Windows' proactor loop: no add_reader."""
 
-    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+    def add_reader(self, fd: Any, callback: Callable[[Unpack[Ts]], object], *args: *Ts) -> None:
         raise NotImplementedError
 
     def remove_reader(self, fd: Any) -> bool:
@@ -39,25 +43,32 @@ def test_apmap_works_without_add_reader() -> None:
 def test_the_fallback_thread_stops_with_the_map() -> None:
     before = threading.active_count()
     run(apmap(jobs.square, range(50), workers=2))
-    deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(
+        lambda: threading.active_count() <= before,
+        within=5,
+        message=lambda: f"{threading.active_count() - before} fallback thread(s) still running",
+    )
     assert threading.active_count() == before
 
 
-def test_timeouts_crashes_and_cancellation_without_add_reader() -> None:
+def test_timeouts_crashes_and_cancellation_without_add_reader(tmp_path: Path) -> None:
     async def main() -> None:
         with Pool(workers=2) as pool:
             res = await pool.apmap(
                 jobs.crash_how, range(6), ["os_exit"] * 6, [2] * 6, on_error="collect"
             )
             assert list(res.errors) == [2]
-            res = await pool.apmap(
-                jobs.hang_if, range(4), [1] * 4, timeout=0.5, on_error="collect"
-            )
+            res = await pool.apmap(jobs.hang_if, range(4), [1] * 4, timeout=0.5, on_error="collect")
             assert isinstance(res.errors[1], TaskTimeoutError)
-            task = asyncio.ensure_future(pool.apmap(jobs.sleep_return, [60.0] * 2))
-            await asyncio.sleep(0.3)
+            task = asyncio.ensure_future(
+                pool.apmap(jobs.async_marked_sleep, [str(tmp_path)] * 2, range(2), [60.0] * 2)
+            )
+            # Cancelled while both items are running, not before they started.
+            await aeventually(
+                lambda: len(list(tmp_path.glob("*.pid"))) == 2,
+                within=60,
+                message="the items never started",
+            )
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

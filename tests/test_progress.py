@@ -6,6 +6,7 @@ import asyncio
 import io
 import itertools
 import re
+from pathlib import Path
 
 import pytest
 from tqdm import tqdm
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from parmap import Pool, apmap, imap, pmap
 
 from . import jobs
+from .checks import aeventually
 
 
 def last_frame(text: str) -> str:
@@ -76,14 +78,26 @@ def test_the_bar_closes_when_the_consumer_leaves_early() -> None:
     assert out.getvalue().endswith("\n")
 
 
-def test_the_bar_closes_when_an_async_map_is_cancelled() -> None:
+def test_the_bar_closes_when_an_async_map_is_cancelled(tmp_path: Path) -> None:
     out = io.StringIO()
 
     async def main() -> None:
         task = asyncio.ensure_future(
-            apmap(jobs.sleep_return, [60.0] * 2, workers=2, progress={"file": out})
+            apmap(
+                jobs.async_marked_sleep,
+                [str(tmp_path)] * 2,
+                range(2),
+                [60.0] * 2,
+                workers=2,
+                progress={"file": out},
+            )
         )
-        await asyncio.sleep(0.5)
+        # Cancelled while both items are running, not before they started.
+        await aeventually(
+            lambda: len(list(tmp_path.glob("*.pid"))) == 2,
+            within=60,
+            message="the items never started",
+        )
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -165,7 +165,7 @@ def test_a_frozen_exception_survives_tblibs_reducers() -> None:
         "from parmap._results import rebuild_error\n"
         "from parmap._worker import encode_error\n"
         "try:\n"
-        "    jobs.validate_record('{\"name\": \"\"}')\n"
+        '    jobs.validate_record(\'{"name": ""}\')\n'
         "except Exception as exc:\n"
         "    error = exc\n"
         "print(type(rebuild_error(encode_error(error))).__name__)\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -48,7 +49,9 @@ class Harness:
         self.chunks: dict[int, list[Any]] = {}  # what each worker runs now
         self.queued: dict[int, list[list[Any]]] = {}  # and what it runs next (prefetch)
 
-    def job(self, inputs: list[Any] | None = None, *, ordered: bool = False, **config: Any) -> Job:
+    def job(
+        self, inputs: Iterable[Any] | None = None, *, ordered: bool = False, **config: Any
+    ) -> Job:
         job = self.sched.new_job(
             MapConfig(**config), fn_payload=b"fn", star=False, ordered=ordered, total=None
         )
@@ -567,3 +570,30 @@ def test_a_jobs_alarm_is_a_deadline_for_the_driver() -> None:
     assert not [c for c in h.flush() if isinstance(c, Kill)]
     job.alarm = None
     assert h.sched.next_deadline() == 5.0
+
+
+# ------------------------------------------------------- late and stray events
+def test_a_worker_that_cannot_be_started_breaks_the_pool_with_the_reason() -> None:
+    h = Harness(workers=2)
+    job = h.job(range(4))
+    error = OSError("cannot fork: out of memory")
+    h.sched.on_spawn_failed(0, error)
+    kills = [cmd.wid for cmd in h.flush() if isinstance(cmd, Kill)]
+    assert job.error is error and h.sched.broken is error
+    assert kills == [1]  # the worker that did start goes too
+    assert not h.sched.slots
+
+
+def test_events_for_a_worker_already_gone_change_nothing() -> None:
+    h = Harness(workers=1)
+    job = h.job(["a", "b"])
+    h.sched.on_ready(0)
+    h.sched.on_exit(0, -9, h.now)  # replaced: worker 0 is no longer a slot
+    h.flush()
+    before = (dict(h.sched.slots), job.error, list(job.pending))
+    h.sched.on_spawn_failed(0, OSError("late"))
+    h.sched.on_exit(0, 1, h.now)
+    h.sched.on_undecodable(0, ValueError("late"), h.now)
+    assert h.flush() == []
+    assert (dict(h.sched.slots), job.error, list(job.pending)) == before
+    assert h.sched.broken is None

@@ -649,8 +649,8 @@ class Sim:
                 all(error is None for _, error in state.emitted.values()),
                 "raise mode emitted an error instead of raising it",
             )
-            index = job.error.__notes__[-1].rsplit(" ", 1)[-1]
-            self.check_outcome(state, int(index), None, job.error)
+            blamed = job.error.__notes__[-1].rsplit(" ", 1)[-1]
+            self.check_outcome(state, int(blamed), None, job.error)
             return
         check(
             set(state.emitted) == set(range(spec.n)),
@@ -747,13 +747,21 @@ def test_every_input_gets_exactly_one_outcome_in_collect_mode(
     assert sorted(state.emitted) == list(range(len(fates)))
     for index, fate in enumerate(fates):
         value, error = state.emitted[index]
+        if fate == "ok":
+            # The value its model worker returned for this input, at this index.
+            assert error is None and value == ("value", state.job.id, index), (index, value)
+            continue
         expected = {
-            "ok": type(None),
             "raise_value": ValueError,
             "hang": TaskTimeoutError,
             "crash_kill": WorkerCrashedError,
         }[fate]
-        assert isinstance(error, expected), (index, fate, value, error)
+        assert value is None and isinstance(error, expected), (index, fate, value, error)
+        if fate == "raise_value":
+            assert str(error) == f"job {state.job.id} input {index} failed"
+        else:
+            assert isinstance(error, TaskTimeoutError | WorkerCrashedError)
+            assert error.index == index, (index, error)
 
 
 # ------------------------------------------- regressions the model turned up

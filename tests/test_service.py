@@ -164,7 +164,7 @@ def test_a_client_going_away_cancels_the_handler_and_stops_its_items(tmp_path: P
 
 
 def test_an_item_that_raises_and_one_that_hangs_are_both_in_the_response() -> None:
-    items = [
+    items: list[dict[str, Any]] = [
         {"text": "fine", "rounds": 2},
         {"raise": "record 1 is malformed"},
         {"hang": True},

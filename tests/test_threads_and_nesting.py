@@ -25,6 +25,7 @@ import pytest
 
 from parmap import Pool, TaskTimeoutError, pmap
 from parmap._backends.process import RETIRE_GRACE
+from parmap._options import StartMethod
 
 from . import jobs
 from .procs import processes, wait_ended
@@ -69,7 +70,7 @@ def busy_threads() -> Iterator[None]:
 @pytest.mark.parametrize("method", START_METHODS)
 @pytest.mark.usefixtures("busy_threads")
 @pytest.mark.timeout(120)
-def test_a_parent_with_busy_threads_can_still_map(method: str) -> None:
+def test_a_parent_with_busy_threads_can_still_map(method: StartMethod) -> None:
     """Workers start (and a timed-out one is replaced) while other threads run."""
     plan = ["hang" if i == 40 else "ok" for i in range(80)]
     for _ in range(2):
@@ -142,8 +143,10 @@ def test_many_concurrent_maps_on_one_pool_each_reach_the_workers() -> None:
 
     async def main(pool: Pool) -> list[int]:
         results = await asyncio.gather(
-            *(pool.apmap(jobs.sleep_return, [0.001] * 30, range(30), on_error="collect")
-              for _ in range(100))
+            *(
+                pool.apmap(jobs.sleep_return, [0.001] * 30, range(30), on_error="collect")
+                for _ in range(100)
+            )
         )
         return [len(r.errors) for r in results]
 
@@ -175,7 +178,7 @@ def test_leaving_one_map_early_does_not_strand_another_on_the_same_pool() -> Non
 # ---------------------------------------------------------------------- nesting
 @pytest.mark.parametrize("method", START_METHODS)
 @pytest.mark.timeout(120)
-def test_pmap_inside_a_worker_works_and_cleans_up(method: str) -> None:
+def test_pmap_inside_a_worker_works_and_cleans_up(method: StartMethod) -> None:
     res = pmap(jobs.hard_nested_pmap, [5, 8], workers=2, start_method=method)
     inner_pids: list[int] = []
     for n, (values, pids, outer) in zip([5, 8], res.values, strict=True):  # type: ignore[misc]

@@ -26,6 +26,7 @@ from parmap import Pool, pmap
 from parmap._wire import HEADER, Inbox, Outbox
 
 from . import transport_cases as cases
+from .checks import eventually
 from .procs import pid_running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,18 +186,17 @@ def test_a_killed_parent_leaves_no_segment_behind(tmp_path: Path) -> None:
         [sys.executable, "-m", "tests.transport_cases", "hold", str(marker)], cwd=ROOT
     )
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert marker.exists()
+        eventually(marker.exists, within=60, message="the holder never started", every=0.05)
         time.sleep(0.5)  # the workers have their arrays mapped by now
         workers = [int(p) for p in _processes_holding_segments() if int(p) != proc.pid]
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(pid_running(p) for p in workers):
-            time.sleep(0.05)
-        assert not [p for p in workers if pid_running(p)]
+        eventually(
+            lambda: not any(pid_running(p) for p in workers),
+            within=10,
+            message=lambda: f"workers still alive: {[p for p in workers if pid_running(p)]}",
+            every=0.05,
+        )
         assert _processes_holding_segments() == []
         assert not [name for name in os.listdir("/dev/shm") if "parmap" in name]
     finally:

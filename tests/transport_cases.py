@@ -42,8 +42,8 @@ def make_items(size: int, count: int, kind: str) -> list[Any]:
         words = "lorem ipsum dolor sit amet "
         return [f"{i:08d} " + words[i % 7 :] * (size // 20) for i in range(count)]
     if kind == "json":
-        words = size // 12
-        return [{"id": i, "tags": [f"t{j}" for j in range(words)]} for i in range(count)]
+        tags = size // 12
+        return [{"id": i, "tags": [f"t{j}" for j in range(tags)]} for i in range(count)]
     if kind == "bytes":
         return [i.to_bytes(4, "little") * (size // 4) for i in range(count)]
     return [np.full(size // 8, i, dtype=np.float64) for i in range(count)]
@@ -162,13 +162,13 @@ def leak_scenarios(start_method: str) -> None:
     # multiprocessing's own descriptors (its heap, the forkserver) come first.
     pmap(slow_sum, arrays[:2], [0.0, 0.0], **common)
     before = fd_count()
-    res = pmap(slow_sum, arrays, [0.0] * 11 + [30.0], timeout=1, on_error="collect", **common)
-    assert sorted(res.errors) == [11], res.errors
-    res = pmap(die_on, arrays, [3.0] * 12, on_error="collect", **common)
-    assert sorted(res.errors) == [3], res.errors
+    timed = pmap(slow_sum, arrays, [0.0] * 11 + [30.0], timeout=1, on_error="collect", **common)
+    assert sorted(timed.errors) == [11], timed.errors
+    died = pmap(die_on, arrays, [3.0] * 12, on_error="collect", **common)
+    assert sorted(died.errors) == [3], died.errors
     # Result arrays hold their mappings (and, before Python 3.13, a descriptor).
     assert fd_count() > before
-    del res
+    del timed, died
     with Pool(**common) as pool:
         it = pool.imap(slow_sum, arrays, [0.5] * 12)
         next(it)

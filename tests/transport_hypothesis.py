@@ -57,7 +57,7 @@ def main() -> None:
 
 
 def _resize_padded(item: tuple[int, int, float, bytes]) -> bytes:
-    return resize(item[:3])  # type: ignore[arg-type]
+    return resize(item[:3])
 
 
 if __name__ == "__main__":

@@ -338,9 +338,14 @@ class Pool:
         """Stop the workers. Maps still running fail; the pool cannot be reused."""
         with self._lock:
             self._closed = True
-            engine, self._engine = self._engine, None
+            engine = self._engine
         if engine is not None:
+            # Forgotten only once closed: a Ctrl-C inside leaves the engine
+            # here, for the next close() to finish.
             engine.close()
+            with self._lock:
+                if self._engine is engine:
+                    self._engine = None
 
     def __enter__(self) -> Self:
         return self
@@ -363,6 +368,8 @@ class ParallelFunction(Generic[P, T]):
     option of the pool (``workers``, ``start_method``, ...), that call runs
     on a pool of its own.
     """
+
+    __name__: str  # copied from the function by update_wrapper, like its __doc__
 
     def __init__(self, fn: Callable[P, T], defaults: Defaults) -> None:
         functools.update_wrapper(self, fn)
@@ -453,9 +460,12 @@ class ParallelFunction(Generic[P, T]):
     def close(self) -> None:
         """Stop this function's pool; the next map starts a new one."""
         with self._lock:
-            pool, self._own_pool = self._own_pool, None
+            pool = self._own_pool
         if pool is not None:
             pool.close()
+            with self._lock:
+                if self._own_pool is pool:
+                    self._own_pool = None
 
 
 def _lookup(module: object, qualname: str) -> object:

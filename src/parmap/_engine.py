@@ -201,11 +201,11 @@ class Engine:
         if self._close_done or os.getpid() != self.pid:
             return
         with _sigint_deferred(), self._turn_for_close():
-            if self._close_done:
-                return
             self._close()
 
     def _close(self) -> None:
+        if self._close_done:  # another thread closed it while we waited for the turn
+            return
         self.closed = True
         self._release_closed_loop(cancel=False)
         self.sched.close()
@@ -257,9 +257,15 @@ class Engine:
         if self._turn_owner == threading.get_ident():
             yield
             return
-        with suppress(OSError):
-            os.write(self._wake_fds()[1], b"x")
-        got = self._turn.acquire(timeout=5.0)
+        with self._waiting_lock:
+            self._waiting += 1  # the pumping thread steps aside (see ``turn``)
+        try:
+            with suppress(OSError):
+                os.write(self._wake_fds()[1], b"x")
+            got = self._turn.acquire(timeout=5.0)
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
         if got:
             self._turn_owner = threading.get_ident()
         try:

@@ -92,11 +92,10 @@ def read_rss(pid: int) -> int | None:
             # "size resident shared text lib data dt", in pages.
             return int(f.read().split()[1]) * _PAGE
     except FileNotFoundError:
-        if sys.platform.startswith("linux"):
-            return None
+        # No /proc: another system (psutil, if installed); on Linux, it is gone.
+        return None if _PROC.exists() else _psutil_rss(pid)
     except (OSError, ValueError, IndexError):
         return None
-    return _psutil_rss(pid)
 
 
 def _psutil_rss(pid: int) -> int | None:

@@ -57,7 +57,7 @@ def usable_cpus() -> int:
     """CPUs this process may run on (affinity-aware where the OS says)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
+    except (AttributeError, OSError):  # pragma: no cover - no sched_getaffinity (macOS)
         return max(1, os.cpu_count() or 1)
 
 
@@ -152,9 +152,10 @@ class PoolConfig:
         object.__setattr__(self, "resolved_workers", self.workers or usable_cpus())
         if self.initializer is not None and not callable(self.initializer):
             raise TypeError(f"initializer must be callable or None, got {self.initializer!r}")
-        if not isinstance(self.initargs, tuple):
+        initargs: Any = self.initargs  # untyped callers pass lists, or worse
+        if not isinstance(initargs, tuple):
             try:
-                object.__setattr__(self, "initargs", tuple(self.initargs))
+                object.__setattr__(self, "initargs", tuple(initargs))
             except TypeError:
                 raise TypeError(f"initargs must be a tuple, got {self.initargs!r}") from None
         if not isinstance(self.ignore_signals, bool):

@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pickle import PicklingError
@@ -1198,7 +1198,3 @@ class Scheduler:
         """The parent spent ``seconds`` of its own on the running maps (MapStats)."""
         for job in self.jobs:
             job.stats.parent += seconds
-
-    def busy_workers(self) -> Iterator[int]:
-        """Worker ids that are running a chunk."""
-        return (wid for wid, slot in self.slots.items() if slot.chunk is not None)
