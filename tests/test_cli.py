@@ -578,3 +578,11 @@ def test_a_value_that_cannot_be_written_at_all_is_named_by_its_type() -> None:
     proc = run_cli("run", "cli_tasks:mute", stdin="a\n")
     assert proc.returncode == 0, proc.stderr
     assert records(proc.stdout) == [{"index": 0, "value": "<unprintable Mute>"}]
+
+
+def test_a_huge_timeout_is_accepted_on_the_command_line() -> None:
+    # Above about 24.8 days the wait used to overflow (OverflowError traceback).
+    proc = run_cli("run", "cli_tasks:upper", "--workers", "2", "--timeout", "1e9", stdin="a\nb\n")
+    assert proc.returncode == 0, proc.stderr
+    assert records(proc.stdout) == [{"index": 0, "value": "A"}, {"index": 1, "value": "B"}]
+    assert "Traceback" not in proc.stderr
