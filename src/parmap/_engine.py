@@ -27,7 +27,6 @@ import atexit
 import math
 import os
 import select
-import signal
 import threading
 import time
 import weakref
@@ -40,6 +39,7 @@ from ._loopwatch import ReaderWatch, ThreadWatch, fd_of, make_watch
 from ._memory import Gauge
 from ._options import PoolConfig
 from ._scheduler import Job, Kill, Retire, Scheduler, Send, Spawn
+from ._sigmask import sigint_held
 
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 #: The longest single wait (poll takes milliseconds in a C int): a deadline
@@ -54,23 +54,6 @@ def _close_all() -> None:
     # interrupted: ``close`` finishes what an earlier call left undone.
     for engine in list(_live_engines):
         engine.close()
-
-
-@contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold SIGINT back (main thread) until the block ends.
-
-    Ctrl-C in the middle of stopping workers would leave some running (and
-    interpreter exit waiting for them); it is raised right after instead.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _ignore_discard(waitables: list[Waitable]) -> None:
@@ -200,7 +183,7 @@ class Engine:
         """
         if self._close_done or os.getpid() != self.pid:
             return
-        with _sigint_deferred(), self._turn_for_close():
+        with sigint_held(), self._turn_for_close():
             self._close()
 
     def _close(self) -> None:

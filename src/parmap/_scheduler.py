@@ -1051,19 +1051,26 @@ class Scheduler:
                 slot.since = now - timeout + min(timeout, RECHECK_SECONDS)
                 continue
             self._remove_slot(slot, Kill(slot.wid))
-            self._requeue(chunk, pos + 1, len(chunk.args))
-            index = chunk.start + pos
-            chunk.job.stats.lost(slot.wid, index, started_by, now, TIMED_OUT)
-            self._fail(
-                chunk.job,
-                index,
-                chunk.attempt,
-                chunk.args[pos],
-                TaskTimeoutError(index, timeout, self.can_kill),
-                task_raised=False,
-            )
-            self._requeue(chunk, chunk.done, pos)
+            self._time_out(slot, chunk, pos, timeout, started_by, now)
         self._dispatch(now)
+
+    def _time_out(
+        self, slot: Slot, chunk: Chunk, pos: int, timeout: float, since: float, now: float
+    ) -> None:
+        """Item ``pos`` of ``chunk`` (its worker killed) failed its deadline."""
+        index = chunk.start + pos
+        self._requeue(chunk, pos + 1, len(chunk.args))
+        chunk.job.stats.lost(slot.wid, index, since, now, TIMED_OUT)
+        self._fail(
+            chunk.job,
+            index,
+            chunk.attempt,
+            chunk.args[pos],
+            TaskTimeoutError(index, timeout, self.can_kill),
+            task_raised=False,
+        )
+        # The items before it finished, but their outcomes died with the worker.
+        self._requeue(chunk, chunk.done, pos)
 
     def _time_out_between_items(
         self, slot: Slot, chunk: Chunk, started: int, timeout: float
@@ -1083,18 +1090,7 @@ class Scheduler:
         if suspects != 1:
             self._requeue(chunk, chunk.done, len(chunk.args), solo=True)
             return
-        pos = chunk.done
-        index = chunk.start + pos
-        self._requeue(chunk, pos + 1, len(chunk.args))
-        chunk.job.stats.lost(slot.wid, index, slot.progress_at, self._now, TIMED_OUT)
-        self._fail(
-            chunk.job,
-            index,
-            chunk.attempt,
-            chunk.args[pos],
-            TaskTimeoutError(index, timeout, self.can_kill),
-            task_raised=False,
-        )
+        self._time_out(slot, chunk, chunk.done, timeout, slot.progress_at, self._now)
 
     # ---------------------------------------------------------------- memory
     def _memory_room(self, slot: Slot, job: Job, *, queue: bool = False) -> int:

@@ -34,6 +34,7 @@ from .._memory import OomWatch
 from .._options import PoolConfig
 from .._results import rebuild_error
 from .._scheduler import BeaconReading, Scheduler
+from .._sigmask import sigint_held
 from .._wire import Encoded, Inbox, Outbox, ProtocolError
 from .._worker import (
     BATCH,
@@ -56,12 +57,6 @@ KILL_REAP_TIMEOUT = 10.0
 #: Outbox levels (bytes) between which a worker counts as backlogged.
 HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 16
-
-
-def _block_sigint() -> set[int | signal.Signals] | None:
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def _wait_for_exit(proc: BaseProcess, seconds: float) -> None:
@@ -223,16 +218,14 @@ class ProcessBackend:
         # Ctrl-C during the fork would be raised in an at-fork hook and lost
         # there; held back, it arrives once the worker has started. (The
         # worker unblocks it for itself.)
-        held = _block_sigint()
-        try:
-            proc.start()
-        except BaseException:
-            parent_sock.close()
-            raise
-        finally:
-            child_sock.close()
-            if held is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        with sigint_held():
+            try:
+                proc.start()
+            except BaseException:
+                parent_sock.close()
+                raise
+            finally:
+                child_sock.close()
         parent_sock.setblocking(False)
         entry = _Proc(proc, parent_sock, parent_sock.fileno(), proc.sentinel, beacon)
         self._procs[wid] = entry
