@@ -6,26 +6,33 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 
 @contextmanager
 def sigint_held() -> Iterator[None]:
-    """Block SIGINT in the main thread for the block; it arrives right after.
+    """Defer SIGINT for the block (main thread); it is raised right after.
 
-    Used around forking a worker (a Ctrl-C raised in an at-fork hook would be
-    lost there) and around stopping workers (a Ctrl-C halfway would leave some
-    running). The mask is restored by unblocking, not by restoring a saved
-    mask: a KeyboardInterrupt raised between the block and the assignment of
-    its result would otherwise leave SIGINT blocked for good.
+    Used around forking a worker (a KeyboardInterrupt raised inside an at-fork
+    hook is swallowed there) and around stopping workers (a Ctrl-C halfway
+    would leave some running). Blocking the signal would not do: the kernel
+    delivers it to any other thread that does not block it, and the
+    interpreter then raises it in the main thread all the same. So the
+    handler itself is swapped for one that only takes note, and a noted
+    SIGINT is raised again, with the original handler, once the block ends.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    # A query (SIG_BLOCK of nothing) changes nothing, whatever interrupts it.
-    was_blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    noted: list[int] = []
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        noted.append(signum)
+
+    previous = signal.signal(signal.SIGINT, note)
     try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         yield
     finally:
-        if not was_blocked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if noted:
+            signal.raise_signal(signal.SIGINT)
