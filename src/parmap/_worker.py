@@ -556,6 +556,10 @@ def worker_main(
     sock.setblocking(True)
     if ignore:
         ignore_signals()
+    else:
+        # Python's own Ctrl-C handler, not whatever the parent had in place
+        # while it forked us (it defers SIGINT then, see ``_sigmask``).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # The parent holds SIGINT back while it forks us (see ProcessBackend.spawn).
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     worker = _Worker(sock, beacon)
