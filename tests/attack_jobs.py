@@ -119,5 +119,12 @@ def nap(seconds: float) -> float:
     return seconds
 
 
+def hold_memory_and_nap(megabytes: int) -> int:
+    """Fill ``megabytes`` of memory (every page touched), then sleep for an hour."""
+    data = b"\x01" * (megabytes << 20)
+    time.sleep(3600)
+    return len(data)
+
+
 def exit_now(code: int) -> int:
     os._exit(code)

@@ -19,6 +19,7 @@ from parmap import TaskTimeoutError, WorkerCrashedError, imap, pmap
 from parmap._options import StartMethod
 
 from . import attack_jobs
+from .checks import eventually
 from .procs import pid_running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,3 +167,40 @@ def test_attack_scenario(scenario: str) -> None:
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{scenario} hung: {exc.stdout!r} {exc.stderr!r}")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("scenario", "caught"),
+    [
+        ("sigint_storm_during_close", False),
+        ("sigint_storm_during_close_retried", True),
+        ("sigint_storm_during_a_map", False),
+        ("sigint_storm_during_a_memory_heavy_map", False),
+    ],
+)
+def test_a_storm_of_ctrl_c_neither_hangs_the_parent_nor_leaves_a_worker(
+    scenario: str, caught: bool
+) -> None:
+    """SIGINT every 0.5 ms for a second while workers are killed (issue 12)."""
+    try:
+        out = subprocess.run(
+            [sys.executable, str(ATTACK), scenario],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{scenario} hung: {exc.stdout!r} {exc.stderr!r}")
+    lines = out.stdout.splitlines()
+    pids = [int(pid) for line in lines if line.startswith("pids ") for pid in line.split()[1:]]
+    assert pids and len(pids) % 4 == 0, out.stdout + out.stderr
+    if caught:
+        assert out.returncode == 0 and lines[-1] == "ok", out.stdout + out.stderr
+    else:
+        assert "KeyboardInterrupt" in out.stderr and "AssertionError" not in out.stderr, out.stderr
+    eventually(
+        lambda: not any(pid_running(pid) for pid in pids),
+        within=10,
+        message=lambda: f"workers left running: {[p for p in pids if pid_running(p)]}",
+    )

@@ -13,11 +13,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests import attack_jobs as jobs
+from tests.procs import pid_running
 
 from parmap import Pool, TaskTimeoutError, WorkerCrashedError, pmap
 
@@ -118,6 +121,116 @@ def stopped_idle_worker() -> None:
         assert isinstance(res.errors[0], TaskTimeoutError), res.errors
         assert time.monotonic() - t0 < 20
         assert pool.pmap(jobs.nap, [0.0]).unwrap() == [0.0]  # a fresh worker took over
+
+
+def _storm(seconds: float) -> tuple[threading.Event, threading.Event]:
+    """A thread that sends this process SIGINT every half millisecond once ``go`` is set.
+
+    It sets ``over`` when done. (Not ``Thread.join``: on 3.11 a join cut by
+    KeyboardInterrupt can leave ``is_alive()`` false for a running thread.)
+    """
+    go, over = threading.Event(), threading.Event()
+
+    def run() -> None:
+        go.wait()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.0005)
+        over.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return go, over
+
+
+def _busy_pool(workers: int) -> tuple[Pool, list[int]]:
+    """A pool whose workers are all busy with an endless map in another thread."""
+    import psutil
+
+    pool = Pool(workers=workers)
+    pool.pmap(jobs.nap, [0.0] * workers)
+    pids = [p.pid for p in psutil.Process().children()]
+    print("pids", *pids, flush=True)
+
+    def endless() -> None:
+        with contextlib.suppress(RuntimeError):  # "the pool was closed"
+            pool.pmap(jobs.nap, [3600.0] * workers)
+
+    threading.Thread(target=endless, daemon=True).start()
+    time.sleep(0.5)  # the chunks have reached the workers
+    return pool, pids
+
+
+def sigint_storm_during_close() -> None:
+    """Ctrl-C after Ctrl-C while close() kills busy workers (issue 12).
+
+    close() completes, and the Ctrl-C comes out of it afterwards; the script
+    then dies of it. The test checks that it exits and leaves no worker.
+    """
+    pool, _ = _busy_pool(4)
+    go, _ = _storm(1.0)
+    go.set()
+    pool.close()
+    raise AssertionError("close() swallowed the Ctrl-C")
+
+
+def sigint_storm_during_close_retried() -> None:
+    """As above, three times, the caller catching each KeyboardInterrupt and closing again."""
+    for _ in range(3):
+        pool, pids = _busy_pool(4)
+        go, over = _storm(1.0)
+        interrupted = 0
+        while True:
+            try:
+                try:
+                    go.set()
+                    pool.close()
+                    break
+                except KeyboardInterrupt:
+                    interrupted += 1
+            except KeyboardInterrupt:
+                interrupted += 1
+        # Once close() has returned, no worker of the pool is left.
+        alive = [pid for pid in pids if pid_running(pid)]
+        assert not alive, f"close() returned with workers running: {alive}"
+        while not over.is_set():
+            with contextlib.suppress(KeyboardInterrupt):
+                over.wait()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # one may be in flight
+        time.sleep(0.05)
+        signal.signal(signal.SIGINT, previous)
+        assert interrupted >= 1, "no Ctrl-C reached the caller"
+    assert pmap(abs, [-1, -2], workers=2).unwrap() == [1, 2]
+
+
+def _storm_over_a_map(fn: Callable[[Any], Any], arg: float) -> None:
+    import psutil
+
+    go, _ = _storm(1.0)
+
+    def start_storm() -> None:
+        # Once the workers run their items.
+        while len(psutil.Process().children()) < 4:
+            time.sleep(0.01)
+        time.sleep(1.0)
+        go.set()
+
+    threading.Thread(target=start_storm, daemon=True).start()
+    with Pool(workers=4) as pool:
+        pool.pmap(jobs.nap, [0.0] * 4)
+        print("pids", *[p.pid for p in psutil.Process().children()], flush=True)
+        pool.pmap(fn, [arg] * 4)
+    raise AssertionError("the map finished?")
+
+
+def sigint_storm_during_a_map() -> None:
+    """A terminal's Ctrl-C held down over a map with a pool's `with` block."""
+    _storm_over_a_map(jobs.nap, 3600.0)
+
+
+def sigint_storm_during_a_memory_heavy_map() -> None:
+    """The same while each worker holds 200 MB (it once hung at exit in 1 of 16 runs)."""
+    _storm_over_a_map(jobs.hold_memory_and_nap, 200)
 
 
 SCENARIOS = {
