@@ -77,8 +77,13 @@ def fail_once(path: str) -> str:
 
 
 def chatty(line: str) -> str:
-    """Print on the way, through sys.stdout and straight to descriptor 1."""
-    print(f"print: {line}", flush=True)
+    """Print on the way, through sys.stdout and straight to descriptor 1.
+
+    (One write per line, so that two workers' lines cannot interleave when
+    Python's streams are unbuffered, as under ``PYTHONUNBUFFERED``.)
+    """
+    sys.stdout.write(f"print: {line}\n")
+    sys.stdout.flush()
     os.write(1, f"fd1: {line}\n".encode())
     return line
 

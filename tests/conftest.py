@@ -33,11 +33,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Rows of the long matrices run with --soak; the default run keeps a
-    # representative slice of each (marked rows are deselected, not skipped).
+    # Rows of the long matrices and the long soaks run with --soak; the default
+    # run keeps a representative slice of each (deselected, not skipped).
     if config.getoption("--soak"):
         return
-    keep = [item for item in items if item.get_closest_marker("matrix") is None]
+    keep = [
+        item
+        for item in items
+        if item.get_closest_marker("matrix") is None and item.get_closest_marker("soak") is None
+    ]
     if len(keep) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep

@@ -544,7 +544,7 @@ def test_soak_ten_thousand_futures_keeps_descriptors_and_memory_flat() -> None:
     _soak(rounds=5, per_round=10_000)
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.timeout(600)
 def test_soak_large() -> None:
     _soak(rounds=10, per_round=50_000)
