@@ -710,6 +710,32 @@ def test_executor_map_keeps_what_its_consumer_saw_before_the_loop_raised(
     assert results.resumed + len(ran(markers)) == 500
 
 
+def _breaking_input(n: int, at: int) -> Any:
+    for i in range(n):
+        if i == at:
+            raise OSError(f"the input broke at {i}")
+        yield i
+
+
+@pytest.mark.timeout(60)
+def test_executor_map_whose_input_raises_keeps_what_finished(markers: Path, tmp_path: Path) -> None:
+    ck = tmp_path / "input.ckpt"
+    with executor(markers) as ex:
+        # Read at the call: the error comes from map() and the file is free again.
+        with pytest.raises(OSError, match="broke at 5"):
+            ex.map(cj.square, _breaking_input(100, 5), checkpoint=ck)
+        assert list(ex.map(cj.square, range(3), checkpoint=ck)) == [0, 1, 4]
+        # Read lazily: the error comes while iterating; what finished is kept.
+        got: list[int] = []
+        with pytest.raises(OSError, match="broke at 150"):
+            got.extend(ex.map(cj.square, _breaking_input(300, 150), buffersize=8, checkpoint=ck))
+        assert got == [i * i for i in range(len(got))] and len(got) >= 150 - 8
+        fresh(markers)
+        results = ex.map(cj.square, range(300), checkpoint=ck)
+        assert list(results) == [i * i for i in range(300)]
+    assert results.resumed >= len(got) and ran(markers).isdisjoint(range(len(got)))
+
+
 @pytest.mark.timeout(60)
 def test_executor_map_runs_failures_and_changed_inputs_again(markers: Path, tmp_path: Path) -> None:
     ck = tmp_path / "flaky.ckpt"

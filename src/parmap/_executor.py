@@ -627,7 +627,13 @@ class Executor(cf.Executor):
                 self._poke()
 
     def _wait_for(self, event: threading.Event) -> None:
-        """Wait until the pump thread sets ``event``, or is gone."""
+        """Wait until the pump thread sets ``event``, or is gone.
+
+        Never in the pump thread itself (a done-callback, or the garbage
+        collector finalizing a map's iterator there): it would wait for itself.
+        """
+        if threading.current_thread() is self._thread:
+            return
         while not event.wait(EVENT_POLL_SECONDS):
             thread = self._thread
             if thread is None or not thread.is_alive():
@@ -635,6 +641,8 @@ class Executor(cf.Executor):
 
     def _release_here(self, run: _MapRun) -> None:
         """Wait until the pump thread has closed ``run``'s checkpoint; close it if it is gone."""
+        if threading.current_thread() is self._thread:
+            return  # the "stop map" posted before releases it
         self._wait_for(run.released)
         if not run.released.is_set() and run.resume is not None:
             run.resume.close(completed=False)  # no pump thread left to race with
