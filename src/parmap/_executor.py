@@ -25,6 +25,12 @@ so that a running task can still be cancelled, which the standard state
 machine forbids once a future is RUNNING; ``running()`` says instead whether
 the task was handed to the pool.
 
+A ``map`` with a ``checkpoint`` opens its file in the caller (so a bad file
+fails the call) and hands it to the pump thread, which skips and journals
+inputs through the same ``Resume`` as the other maps, commits on the
+``Job.alarm`` it sets, and closes the file when the map ends; the consumer
+waits for that before its loop is over, so the next map may open the file.
+
 Workers start from the pump thread, and forking a process that has threads
 can deadlock the child (Python 3.12 warns about it). So ``start_method=None``
 means ``"forkserver"`` where the platform's default is ``"fork"``, as it is
