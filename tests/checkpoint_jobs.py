@@ -28,6 +28,12 @@ def _mark(index: object) -> None:
             f.write(f"{time.monotonic():.6f}\n")
 
 
+def use_markers(directory: str) -> None:
+    """Worker initializer: leave markers in ``directory`` (for pools whose workers do
+    not inherit the parent's current environment, e.g. under forkserver)."""
+    os.environ[MARKERS_ENV] = directory
+
+
 def finished(directory: Path) -> dict[int, list[float]]:
     """Input index -> the times it finished, from the markers in ``directory``."""
     found = {}

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ import psutil
 import pytest
 from tqdm import tqdm
 
-from parmap import Pool, aimap, apmap, imap, pmap
+from parmap import Executor, Pool, aimap, apmap, imap, pmap
 from parmap import __version__ as parmap_version
 from parmap._checkpoint import CheckpointError, CheckpointInUseError
 
@@ -612,3 +613,239 @@ def test_the_statistics_count_resumed_items(tmp_path: Path) -> None:
     assert again.unwrap() == [1, 2, 3, 4, 5]
     assert again.stats.resumed == 4 and again.resumed == 4
     assert again.stats.items == 5 and again.stats.succeeded == 5
+
+
+# --------------------------------------------------------------------------
+# Executor.map
+
+#: Inputs of the Executor's kill test (5 ms each on 2 workers: about 2 s of work).
+N_EXECUTOR = 800
+
+
+def executor(markers: Path, **options: Any) -> Executor:
+    """An Executor of 2 workers that leave their markers in ``markers``.
+
+    Its forkserver workers do not see this process's current environment, so
+    the marker directory goes to them through the initializer.
+    """
+    return Executor(workers=2, initializer=cj.use_markers, initargs=(str(markers),), **options)
+
+
+@pytest.mark.timeout(120)
+def test_executor_map_killed_by_sigkill_resumes_to_the_uninterrupted_result(
+    tmp_path: Path,
+) -> None:
+    records = cj.make_records(N_EXECUTOR)
+    expected = [cj.summarize(r) for r in records]  # no marker variable set
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    ck = tmp_path / "map.ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(ck), str(data), "executor"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_with(**{cj.MARKERS_ENV: str(first)}),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # Far enough in that some work finished more than a second before.
+        while len(os.listdir(first)) < N_EXECUTOR * 5 // 8:
+            assert proc.poll() is None, f"the parent ended early: {proc.communicate()}"
+            assert time.monotonic() < deadline, "the map never got going"
+            time.sleep(0.005)
+        died_at = time.monotonic()
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, err
+    assert not session_left(proc.pid, 10.0), "the dead parent's workers lived on"
+
+    before = cj.finished(first)
+    assert 0 < len(before) < N_EXECUTOR, "the map should have died mid-way"
+    with executor(second) as ex:
+        results = ex.map(cj.summarize_slowly, records, checkpoint=ck)
+        resumed = results.resumed  # every input was read: final already
+        values = list(results)
+    assert values == expected and results.resumed == resumed
+    rerun = cj.finished(second)
+    assert all(len(times) == 1 for times in rerun.values()), "an input ran twice"
+    assert resumed + len(rerun) == N_EXECUTOR, "every input is accounted for exactly once"
+    lost = {i: died_at - min(before[i]) for i in rerun if i in before and min(before[i]) <= died_at}
+    assert max(lost.values(), default=0.0) <= LAST_SECOND, sorted(lost.items())[-5:]
+    finished_early = [i for i, t in before.items() if min(t) <= died_at - LAST_SECOND]
+    assert resumed >= len(finished_early) > 0
+    print(f"executor: {len(before)} finished, {resumed} resumed, {len(lost)} lost")
+
+
+@pytest.mark.timeout(60)
+def test_executor_map_keeps_what_its_consumer_saw_before_the_loop_raised(
+    markers: Path, tmp_path: Path
+) -> None:
+    ck = tmp_path / "loop.ckpt"
+    seen: list[int] = []
+
+    def consume(ex: Executor) -> None:
+        for index, value in enumerate(ex.map(cj.square, range(500), checkpoint=ck)):
+            assert value == index * index
+            seen.append(index)
+            if len(seen) == 120:
+                raise KeyError("the consumer broke")
+
+    with executor(markers) as ex:
+        with pytest.raises(KeyError):
+            consume(ex)
+        fresh(markers)
+        # At once: leaving the loop let go of the file.
+        results = ex.map(cj.square, range(500), checkpoint=ck)
+        assert list(results) == [i * i for i in range(500)]
+    assert results.resumed >= 120 and ran(markers).isdisjoint(seen)
+    assert results.resumed + len(ran(markers)) == 500
+
+
+def _breaking_input(n: int, at: int) -> Any:
+    for i in range(n):
+        if i == at:
+            raise OSError(f"the input broke at {i}")
+        yield i
+
+
+@pytest.mark.timeout(60)
+def test_executor_map_whose_input_raises_keeps_what_finished(markers: Path, tmp_path: Path) -> None:
+    ck = tmp_path / "input.ckpt"
+    with executor(markers) as ex:
+        # Read at the call: the error comes from map() and the file is free again.
+        with pytest.raises(OSError, match="broke at 5"):
+            ex.map(cj.square, _breaking_input(100, 5), checkpoint=ck)
+        assert list(ex.map(cj.square, range(3), checkpoint=ck)) == [0, 1, 4]
+        # Read lazily: the error comes while iterating; what finished is kept.
+        got: list[int] = []
+        with pytest.raises(OSError, match="broke at 150"):
+            got.extend(ex.map(cj.square, _breaking_input(300, 150), buffersize=8, checkpoint=ck))
+        assert got == [i * i for i in range(len(got))] and len(got) >= 150 - 8
+        fresh(markers)
+        results = ex.map(cj.square, range(300), checkpoint=ck)
+        assert list(results) == [i * i for i in range(300)]
+    assert results.resumed >= len(got) and ran(markers).isdisjoint(range(len(got)))
+
+
+@pytest.mark.timeout(60)
+def test_executor_map_runs_failures_and_changed_inputs_again(markers: Path, tmp_path: Path) -> None:
+    ck = tmp_path / "flaky.ckpt"
+    flag = tmp_path / "flag"
+    flag.write_text("")
+    flags = [str(flag)] * 40
+    with executor(markers) as ex:
+        with pytest.raises(ValueError, match="input 25 failed"):
+            list(ex.map(cj.fail_while, range(40), flags, checkpoint=ck))
+        failed = [(r[0], r[2]) for r in rows(ck) if not r[1]]
+        assert failed == [(25, "builtins.ValueError")]
+        assert ran(markers) >= set(range(25))
+        flag.unlink()
+        fresh(markers)
+        results = ex.map(cj.fail_while, range(40), flags, checkpoint=ck)
+        assert list(results) == [i + 1000 for i in range(40)]
+        assert 25 in ran(markers) and ran(markers).isdisjoint(range(25))
+        assert results.resumed + len(ran(markers)) == 40
+        assert all(r[1] for r in rows(ck))
+        # Changed arguments (another flag path) run again and replace their record.
+        changed = list(flags)
+        changed[3] = changed[30] = str(tmp_path / "other-flag")
+        fresh(markers)
+        results = ex.map(cj.fail_while, range(40), changed, checkpoint=ck)
+        assert list(results) == [i + 1000 for i in range(40)]
+        assert ran(markers) == {3, 30} and results.resumed == 38
+        fresh(markers)
+        assert ex.map(cj.fail_while, range(40), changed, checkpoint=ck).resumed == 40
+        assert not ran(markers)
+
+
+@pytest.mark.timeout(60)
+def test_executor_map_refuses_another_function_and_a_file_in_use(
+    markers: Path, tmp_path: Path
+) -> None:
+    ck = tmp_path / "f.ckpt"
+    busy_ck = tmp_path / "busy.ckpt"
+    release = tmp_path / "release"
+    with executor(markers) as ex:
+        assert list(ex.map(cj.square, range(10), checkpoint=ck)) == [i * i for i in range(10)]
+        fresh(markers)
+        names = r"tests\.checkpoint_jobs\.square, not of tests\.checkpoint_jobs\.other_summary"
+        with pytest.raises(ValueError, match=names):
+            ex.map(cj.other_summary, cj.make_records(10), checkpoint=ck)
+        assert not ran(markers) and len(rows(ck)) == 10  # nothing ran, the file is as it was
+
+        busy = ex.map(cj.wait_for_release, range(2), [str(release)] * 2, checkpoint=busy_ck)
+        try:
+            deadline = time.monotonic() + 30
+            while not (markers / "started-0").exists():
+                assert time.monotonic() < deadline, "the holding map never started"
+                time.sleep(0.01)
+            # At once, not when the holder is done (its tasks wait for ``release``).
+            with pytest.raises(CheckpointInUseError, match="in use by another map"):
+                ex.map(cj.square, range(3), checkpoint=busy_ck)
+            with pytest.raises(CheckpointInUseError):
+                pmap(cj.square, range(3), workers=1, checkpoint=busy_ck)
+        finally:
+            release.write_text("")
+        assert list(busy) == [0, 1]
+        # Free as soon as the iteration is over.
+        again = ex.map(cj.wait_for_release, range(2), [str(release)] * 2, checkpoint=busy_ck)
+        assert again.resumed == 2 and list(again) == [0, 1]
+
+
+@pytest.mark.timeout(60)
+def test_executor_map_with_buffersize_reads_lazily_and_resumes_a_pmap_file(
+    markers: Path, tmp_path: Path
+) -> None:
+    ck = tmp_path / "lazy.ckpt"
+    pmap(cj.square, range(60), workers=2, checkpoint=ck)  # one iterable: the same fingerprints
+    fresh(markers)
+    pulled: list[int] = []
+
+    def endless() -> Any:
+        for i in itertools.count():
+            pulled.append(i)
+            yield i
+
+    got: list[int] = []
+    with executor(markers) as ex:
+        results = ex.map(cj.square, endless(), buffersize=4, checkpoint=ck)
+        assert len(pulled) == 4 and results.resumed == 4
+        for value in results:
+            got.append(value)
+            assert len(pulled) <= len(got) + 4
+            if len(got) == 100:
+                break
+        results.close()  # stops the work and lets go of the file
+        assert got == [i * i for i in range(100)] and results.resumed == 60
+        assert set(range(60, 100)) <= ran(markers) <= set(range(60, len(pulled)))
+        fresh(markers)
+        whole = ex.map(cj.square, range(100), checkpoint=ck)
+        assert whole.resumed == 100 and list(whole) == got and not ran(markers)
+
+
+@pytest.mark.timeout(60)
+def test_executor_map_warns_once_about_values_it_cannot_record(tmp_path: Path) -> None:
+    ck = tmp_path / "locks.ckpt"
+    with Executor(workers=2, backend="thread") as ex:
+        with pytest.warns(RuntimeWarning, match="not recorded") as warned:
+            values = list(ex.map(_lock_or_square, range(10), checkpoint=ck))
+        assert len(warned) == 1 and "cannot be pickled" in str(warned[0].message)
+        assert values[1::2] == [i * i for i in range(1, 10, 2)]
+        again = ex.map(_lock_or_square, range(10), checkpoint=ck)
+        with pytest.warns(RuntimeWarning, match="not recorded"):
+            list(again)
+    assert again.resumed == 5  # the even inputs returned locks: they ran again
+
+
+def test_executor_map_validates_the_option() -> None:
+    with Executor(workers=1) as ex, pytest.raises(TypeError, match="checkpoint must be a path"):
+        ex.map(abs, [1], checkpoint=3)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ what fails when a signature drifts.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from concurrent.futures import Future
 from typing import Any, assert_type
 
@@ -23,6 +23,7 @@ from parmap import (
     pmap,
 )
 from parmap._api import ParallelFunction
+from parmap._executor import ExecutorMapIterator
 from parmap._iterators import AsyncMapIterator, MapIterator
 
 
@@ -68,7 +69,10 @@ def check_types() -> None:
     assert_type(res.unwrap(), list[int])
     with Executor(max_workers=1, timeout=2.0) as ex:
         assert_type(ex.submit(_length, "a"), Future[int])
-        assert_type(ex.map(_length, ["a"], chunksize=2, buffersize=4), Iterator[int])
+        assert_type(ex.map(_length, ["a"], chunksize=2, buffersize=4), ExecutorMapIterator[int])
+        checkpointed = ex.map(_length, ["a"], checkpoint="map.ckpt")
+        assert_type(checkpointed.resumed, int)
+        assert_type(next(checkpointed), int)
         ex.submit(_length, 3)  # type: ignore[arg-type]
     assert_type(res.resumed, int)
     # max_memory_per_worker takes bytes or a size string, everywhere.

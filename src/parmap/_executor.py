@@ -25,6 +25,12 @@ so that a running task can still be cancelled, which the standard state
 machine forbids once a future is RUNNING; ``running()`` says instead whether
 the task was handed to the pool.
 
+A ``map`` with a ``checkpoint`` opens its file in the caller (so a bad file
+fails the call) and hands it to the pump thread, which skips and journals
+inputs through the same ``Resume`` as the other maps, commits on the
+``Job.alarm`` it sets, and closes the file when the map ends; the consumer
+waits for that before its loop is over, so the next map may open the file.
+
 Workers start from the pump thread, and forking a process that has threads
 can deadlock the child (Python 3.12 warns about it). So ``start_method=None``
 means ``"forkserver"`` where the platform's default is ``"fork"``, as it is
@@ -39,19 +45,24 @@ import multiprocessing
 import os
 import threading
 import time
+import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent import futures as cf
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
+from types import TracebackType
 from typing import Any, Literal, ParamSpec, Self, TypeVar
 
+from ._checkpoint import CheckpointError
 from ._engine import Engine
-from ._options import MapConfig, PoolConfig, StartMethod
+from ._iterators import _exception
+from ._options import MapConfig, PoolConfig, StartMethod, _check_checkpoint
 from ._pickling import dump_function
 from ._results import TaskTimeoutError, WorkerCrashedError
+from ._resume import Resume
 from ._scheduler import Job, Segment
 
 P = ParamSpec("P")
@@ -70,11 +81,15 @@ MAX_BATCH = 256
 KEPT_ESTIMATES = 64
 #: How long interpreter exit (or a second Ctrl-C) waits for the pump thread.
 STOP_JOIN_SECONDS = 10.0
+#: How often a consumer waiting for the pump thread checks that it still runs.
+EVENT_POLL_SECONDS = 0.1
 
 _SUBMIT_NOTE = "parmap: raised by a task submitted to parmap.Executor"
 
 _executors: weakref.WeakSet[Executor] = weakref.WeakSet()
 _cancel_lock = threading.Lock()
+_END: Any = object()
+"""What ``next`` returns for a map's exhausted input (an input may be ``None``)."""
 
 
 def _resolve(future: Future[Any], value: Any = None, error: BaseException | None = None) -> None:
@@ -206,16 +221,36 @@ class _Batch:
 
 
 class _MapRun:
-    """One ``Executor.map`` call: its job and its futures by input index."""
+    """One ``Executor.map`` call: its job and its futures by input index.
 
-    def __init__(self, fn: Callable[..., Any], chunksize: int, total: int | None) -> None:
+    With a checkpoint, ``resume`` is opened by the consumer before the run is
+    posted and is the pump thread's from then on, until it sets ``released``
+    (after closing it); ``fed`` is set once the first inputs were handed to
+    the scheduler, so ``resumed`` counts them.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        chunksize: int,
+        total: int | None,
+        *,
+        star: bool = True,
+        resume: Resume | None = None,
+    ) -> None:
         self.fn = fn
         self.chunksize = chunksize
         self.total = total
+        self.star = star
         self.pending: dict[int, Future[Any]] = {}
         self.count = 0
         self.job: Job | None = None
         self.cancelled = False
+        self.resume = resume
+        self.resumed = 0
+        self.fed = threading.Event()
+        self.released = threading.Event()
+        self.close_error: BaseException | None = None
 
     def add(self, count: int) -> list[Future[Any]]:
         """Futures for the next ``count`` inputs (called by the consumer)."""
@@ -241,6 +276,44 @@ class _MapRun:
 
     def futures(self) -> list[Future[Any]]:
         return list(self.pending.values())
+
+
+class ExecutorMapIterator(Generator[T, None, None]):
+    """What ``Executor.map`` returns: a generator of the results in input order.
+
+    ``resumed`` is how many of the inputs read so far came back from the
+    ``checkpoint`` instead of running (always 0 without one). Without
+    ``buffersize`` every input is read before ``map`` returns, so it is final
+    at once; with it, it grows as inputs are read.
+    """
+
+    __slots__ = ("_inner", "_run")
+
+    def __init__(self, inner: Generator[T, None, None], run: _MapRun) -> None:
+        self._inner = inner
+        self._run = run
+
+    @property
+    def resumed(self) -> int:
+        """Inputs read so far whose result came from the checkpoint."""
+        return self._run.resumed
+
+    def send(self, value: None) -> T:
+        """The next result (waiting for it)."""
+        return self._inner.send(value)
+
+    def throw(
+        self,
+        typ: type[BaseException] | BaseException,
+        val: Any = None,
+        tb: TracebackType | None = None,
+    ) -> T:
+        """Raise inside the map (it stops and cancels its work)."""
+        return self._inner.throw(_exception(typ, val))
+
+    def close(self) -> None:
+        """Stop the map early; its unfinished work is cancelled."""
+        self._inner.close()
 
 
 _Owner = _Batch | _MapRun
@@ -350,6 +423,8 @@ class Executor(cf.Executor):
         self._last_call_payload: object = None
         # Seconds per item of recent functions (by code), for batching.
         self._item_seconds: dict[object, float] = {}
+        # Map runs whose checkpoint is open.
+        self._checkpointed: set[_MapRun] = set()
         _executors.add(self)
 
     # ----------------------------------------------------------- public API
@@ -381,7 +456,8 @@ class Executor(cf.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
-    ) -> Iterator[T]:
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> ExecutorMapIterator[T]:
         """Like ``concurrent.futures.Executor.map``, with per-item deadlines inside chunks.
 
         Results come in input order; the first error is raised while
@@ -389,6 +465,12 @@ class Executor(cf.Executor):
         (``TimeoutError``). Without ``buffersize`` the inputs are read now;
         with it (as in Python 3.14), at most ``buffersize`` chunks of inputs
         are read ahead of the consumer. Leaving the loop early stops the work.
+
+        ``checkpoint`` is the path of a SQLite file that records each finished
+        input, as for ``pmap``: running the same map again takes recorded
+        successes from it instead of running them (``.resumed`` of the
+        iterator returned counts them). A file in use, not a checkpoint or of
+        another function raises here, before anything runs.
         """
         if isinstance(chunksize, bool) or not isinstance(chunksize, int):
             raise TypeError(f"chunksize must be an int, got {chunksize!r}")
@@ -400,25 +482,49 @@ class Executor(cf.Executor):
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
+        path = _check_checkpoint(checkpoint)
         end_time = None if timeout is None else timeout + time.monotonic()
-        zipped = zip(*iterables, strict=False)
-        ahead = None if buffersize is None else buffersize * chunksize
-        first = list(zipped if ahead is None else itertools.islice(zipped, ahead))
-        exhausted = ahead is None or len(first) < ahead
-        run = _MapRun(fn, chunksize, len(first) if ahead is None else None)
-        waiting = deque(run.add(len(first)))
-        with self._cv:
-            self._check_open()
-            self._inbox.append(("map", run, (first, exhausted)))
-            self._poke()
+        # One iterable: its items are the inputs, as for pmap, so a checkpoint
+        # fingerprints the same arguments and pmap's files resume here too.
+        star = len(iterables) != 1
+        source: Iterator[Any] = zip(*iterables, strict=False) if star else iter(iterables[0])
+        resume: Resume | None = None
+        if path is not None:
+            with self._cv:
+                self._check_open()
+            # Defer: its commits run in the pump thread, the warning is the consumer's.
+            resume = Resume(path, fn, eager=False, defer_warning=True)
+            resume.open()  # in use, not ours, another function: raised before anything runs
+        try:
+            ahead = None if buffersize is None else buffersize * chunksize
+            first = list(source if ahead is None else itertools.islice(source, ahead))
+            exhausted = ahead is None or len(first) < ahead
+            run = _MapRun(
+                fn, chunksize, len(first) if ahead is None else None, star=star, resume=resume
+            )
+            waiting = deque(run.add(len(first)))
+            with self._cv:
+                self._check_open()
+                self._inbox.append(("map", run, (first, exhausted)))
+                self._poke()
+        except BaseException:
+            if resume is not None:
+                resume.close(completed=False)
+            raise
+        if resume is not None:
+            try:
+                self._wait_for(run.fed)  # so that ``resumed`` counts what was read
+            except BaseException:
+                self._post(("stop map", run))
+                raise
 
-        def results() -> Iterator[T]:
+        def results() -> Generator[T, None, None]:
             nonlocal exhausted
             try:
                 while waiting:
                     if not exhausted:
-                        args = next(zipped, None)
-                        if args is None:
+                        args = next(source, _END)
+                        if args is _END:
                             exhausted = True
                             self._post(("feed", run, ([], True)))
                         else:
@@ -436,8 +542,15 @@ class Executor(cf.Executor):
                     # Stop what is still running for this map, as cancelling
                     # its futures would in the standard library.
                     self._post(("stop map", run))
+                if resume is not None:
+                    # The file is free once the map is over, for the next map.
+                    self._release_here(run)
+                    if resume.warning is not None:
+                        warnings.warn(resume.warning, RuntimeWarning, stacklevel=3)
+            if run.close_error is not None:
+                raise run.close_error
 
-        return results()
+        return ExecutorMapIterator(results(), run)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking tasks; with ``wait``, block until the pending ones are done.
@@ -519,6 +632,28 @@ class Executor(cf.Executor):
                 self._stop = "terminate"
                 self._poke()
 
+    def _wait_for(self, event: threading.Event) -> None:
+        """Wait until the pump thread sets ``event``, or is gone.
+
+        Never in the pump thread itself (a done-callback, or the garbage
+        collector finalizing a map's iterator there): it would wait for itself.
+        """
+        if threading.current_thread() is self._thread:
+            return
+        while not event.wait(EVENT_POLL_SECONDS):
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                return
+
+    def _release_here(self, run: _MapRun) -> None:
+        """Wait until the pump thread has closed ``run``'s checkpoint; close it if it is gone."""
+        if threading.current_thread() is self._thread:
+            return  # the "stop map" posted before releases it
+        self._wait_for(run.released)
+        if not run.released.is_set() and run.resume is not None:
+            run.resume.close(completed=False)  # no pump thread left to race with
+            run.released.set()
+
     def _join(self, thread: threading.Thread) -> None:
         if thread is threading.current_thread():
             return  # shutdown from a done-callback: the thread ends on its own
@@ -556,6 +691,8 @@ class Executor(cf.Executor):
             self._cancel_everything()
             return False
         self._settle(engine)  # what the last pump brought
+        if self._checkpointed:
+            self._tick(engine)
         if self._live_jobs < self._capacity():
             self._admit(engine)
         engine.execute()
@@ -587,20 +724,10 @@ class Executor(cf.Executor):
             self._cancel_task(engine, request[1])
         elif kind == "map":
             run: _MapRun = request[1]
-            payload = self._payload(engine, run.fn)
-            if isinstance(payload, BaseException):
-                run.end(payload)
-                return
-            run.job = engine.sched.new_job(
-                MapConfig(timeout=self._timeout, on_error="collect", chunksize=run.chunksize),
-                fn_payload=payload,
-                star=True,
-                ordered=False,
-                total=run.total,
-                fn_key=_function_key(run.fn),
-            )
-            self._live[run.job] = run
-            self._feed(engine, run, *request[2])
+            try:
+                self._start_map(engine, run, *request[2])
+            finally:
+                run.fed.set()
         elif kind == "feed":
             self._feed(engine, request[1], *request[2])
         elif kind == "drain":
@@ -617,12 +744,64 @@ class Executor(cf.Executor):
             for future in run.futures():
                 future.cancel()
             run.pending.clear()
+            self._release(run, completed=False)
         elif kind == "cancel unstarted":
             for job, owner in list(self._live.items()):
                 if isinstance(owner, _Batch) and job.running == 0 and not job.finished:
                     self._drop(engine, job)
                     for future in owner.futures():
                         future.cancel()
+
+    def _start_map(self, engine: Engine, run: _MapRun, args: list[Any], exhausted: bool) -> None:
+        payload = self._payload(engine, run.fn)
+        if isinstance(payload, BaseException):
+            run.end(payload)
+            self._release(run, completed=False)
+            return
+        run.job = engine.sched.new_job(
+            MapConfig(timeout=self._timeout, on_error="collect", chunksize=run.chunksize),
+            fn_payload=payload,
+            star=run.star,
+            ordered=False,
+            total=run.total,
+            fn_key=_function_key(run.fn),
+        )
+        self._live[run.job] = run
+        if run.resume is not None:
+            run.resume.attach(run.job)
+            self._checkpointed.add(run)
+        self._feed(engine, run, args, exhausted)
+
+    def _tick(self, engine: Engine) -> None:
+        """Commit the checkpoints whose records are due."""
+        now = time.monotonic()
+        for run in list(self._checkpointed):
+            assert run.resume is not None
+            try:
+                run.resume.tick(now)
+            except CheckpointError as exc:
+                self._fail_map(engine, run, exc)
+
+    def _fail_map(self, engine: Engine, run: _MapRun, error: BaseException) -> None:
+        """Stop a map whose checkpoint failed: its waiting futures get ``error``."""
+        job = run.job
+        if job is not None and self._live.pop(job, None) is not None:
+            engine.finish(job, cancel=True)
+        run.end(error)
+        self._release(run, completed=False)
+
+    def _release(self, run: _MapRun, *, completed: bool) -> None:
+        """Commit the rest of ``run``'s checkpoint and close it (once)."""
+        resume = run.resume
+        if resume is None or run.released.is_set():
+            return
+        self._checkpointed.discard(run)
+        try:
+            resume.close(completed=completed)
+        except Exception as exc:
+            run.close_error = exc  # the consumer raises it once the results are out
+        finally:
+            run.released.set()
 
     def _drop(self, engine: Engine, job: Job) -> None:
         """Stop a submit job (killing its worker if it runs) and forget it."""
@@ -662,7 +841,16 @@ class Executor(cf.Executor):
                 if future is not None:
                     _resolve(future, error=error)
             return
-        engine.sched.feed(job, args, time.monotonic())
+        resume = run.resume
+        if resume is None:
+            engine.sched.feed(job, args, time.monotonic())
+        else:
+            try:
+                resume.feed(engine.sched, job, args, time.monotonic())
+            except CheckpointError as exc:
+                self._fail_map(engine, run, exc)
+                return
+            run.resumed = job.resumed
         if exhausted:
             engine.sched.end_input(job)
 
@@ -757,6 +945,8 @@ class Executor(cf.Executor):
                 error = job.error
                 if error is not None and error is broken:
                     error = self._broken
+                if isinstance(owner, _MapRun):
+                    self._release(owner, completed=error is None)
                 owner.end(error or RuntimeError("parmap.Executor: the task ended without outcome"))
                 engine.finish(job, cancel=False)
 
@@ -791,6 +981,12 @@ class Executor(cf.Executor):
                 future.cancel()
         self._live.clear()
         self._live_jobs = 0
+        self._release_all()
+
+    def _release_all(self) -> None:
+        """Close every open checkpoint (the pump thread is about to end)."""
+        for run in list(self._checkpointed):
+            self._release(run, completed=False)
 
     def _end_all(self, error: BaseException) -> None:
         with self._cv:
@@ -802,6 +998,7 @@ class Executor(cf.Executor):
         for owner in self._live.values():
             owner.end(error)
         self._live.clear()
+        self._release_all()
 
 
 @atexit.register

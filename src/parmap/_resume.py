@@ -88,12 +88,17 @@ class Resume:
     """One map's use of its checkpoint file, from opening to closing it.
 
     ``eager`` (streams) commits before outcomes go to the consumer.
+    ``defer_warning`` (a map whose commits run in another thread than its
+    consumer) keeps the warning about unrecorded inputs in ``warning`` for the
+    consumer to issue, instead of issuing it from the committing thread.
     """
 
-    def __init__(self, path: str, fn: object, *, eager: bool) -> None:
+    def __init__(self, path: str, fn: object, *, eager: bool, defer_warning: bool = False) -> None:
         self.path = path
         self.function = describe_function(fn)
         self.eager = eager
+        self.defer_warning = defer_warning
+        self.warning: str | None = None
         self._file: CheckpointFile | None = None
         self._job: Job | None = None
         # Fingerprints of inputs sent to run, until their outcome is recorded.
@@ -197,12 +202,14 @@ class Resume:
         if self._unrecorded is not None and not self._warned:
             self._warned = True
             index, reason = self._unrecorded
-            warnings.warn(
+            message = (
                 f"checkpoint {self.path!r}: input {index} succeeded but is not recorded: "
-                f"{reason}. Such inputs run again when the map is resumed (warned once per map)",
-                RuntimeWarning,
-                stacklevel=2,
+                f"{reason}. Such inputs run again when the map is resumed (warned once per map)"
             )
+            if self.defer_warning:
+                self.warning = message
+            else:
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def _take_journal(self) -> None:
         successes, failures = self._successes, self._failures

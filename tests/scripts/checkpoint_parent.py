@@ -4,7 +4,9 @@ usage: checkpoint_parent.py CHECKPOINT RECORDS_FILE MODE [FAIL_AT]
 
 Reads JSON records (one per line) lazily from RECORDS_FILE and maps
 ``checkpoint_jobs.summarize_slowly`` over them on 2 workers with
-``checkpoint=CHECKPOINT``. MODE is ``pmap``, ``imap`` or ``apmap``. With
+``checkpoint=CHECKPOINT``. MODE is ``pmap``, ``imap``, ``apmap`` or
+``executor`` (``parmap.Executor.map`` with a ``buffersize``, so the input is
+read lazily there too). With
 FAIL_AT, the input iterator raises ``OSError`` when asked for record FAIL_AT,
 after printing ``raising <time.monotonic()>``. The script prints how it ended
 (``done N``, ``KeyboardInterrupt`` or ``OSError``); the test kills it with
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.checkpoint_jobs import summarize_slowly
 
-from parmap import apmap, imap, pmap
+from parmap import Executor, apmap, imap, pmap
 
 
 def records(path: str, fail_at: int | None) -> Iterator[dict[str, Any]]:
@@ -49,6 +51,10 @@ def main() -> None:
             n = sum(1 for _ in imap(summarize_slowly, source, ordered=True, **options))
         elif mode == "apmap":
             n = len(asyncio.run(apmap(summarize_slowly, source, **options)))
+        elif mode == "executor":
+            with Executor(workers=2) as ex:
+                results = ex.map(summarize_slowly, source, buffersize=16, checkpoint=checkpoint)
+                n = sum(1 for _ in results)
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     except KeyboardInterrupt:
