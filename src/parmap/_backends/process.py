@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any, cast
+from typing import Any
 
 from .. import _shm, _sockio
 from .._memory import OomWatch
 from .._options import PoolConfig
 from .._results import rebuild_error
-from .._scheduler import BeaconReading, Scheduler
+from .._scheduler import BeaconReading, ChunkMessage, Scheduler
 from .._sigmask import sigint_held
 from .._wire import Encoded, Inbox, Outbox, ProtocolError
 from .._worker import (
@@ -46,7 +46,7 @@ from .._worker import (
     decode_batch,
     worker_main,
 )
-from .base import Waitable
+from .base import Capabilities, Waitable
 
 #: How long an idle worker gets to exit after being told to stop.
 RETIRE_GRACE = 2.0
@@ -139,16 +139,22 @@ class _Proc:
 class ProcessBackend:
     """Starts, feeds, watches and stops worker processes."""
 
-    can_kill = True
-    #: Workers read chunks in order from their own socket: one may be sent
-    #: its next chunk while it runs the current one (see Scheduler).
-    prefetch = True
-
     def __init__(self, config: PoolConfig, *, preload: Callable[..., Any] | None = None) -> None:
         self._config = config
         self._ctx: BaseContext = multiprocessing.get_context(config.start_method)
-        self.start_method: str = self._ctx.get_start_method()
-        self.preload = preload if self.start_method == "fork" else None
+        self._start_method = self._ctx.get_start_method()
+        self.capabilities = Capabilities(
+            workers=config.resolved_workers,
+            can_kill=True,
+            item_beacon=True,
+            # Workers read chunks in order from their own socket: one may be
+            # sent its next chunk while it runs the current one.
+            prefetch=True,
+            in_process=False,
+            start_method=self._start_method,
+            # Only forked workers have the parent's function without pickling.
+            preload=preload if self._start_method == "fork" else None,
+        )
         self._procs: dict[int, _Proc] = {}
         self._by_waitable: dict[Waitable, int] = {}
         self._retiring: list[BaseProcess] = []
@@ -158,11 +164,10 @@ class ProcessBackend:
         self._oom = OomWatch()  # names the OOM killer in a SIGKILL nobody sent
 
     # ------------------------------------------------------------- lifecycle
-    def encode(self, message: object) -> Encoded:
+    def encode(self, message: ChunkMessage) -> Encoded:
         """Pickle a chunk message for the socket, large buffers out of band."""
-        job_id, fn, star, args = cast("tuple[int, Any, bool, list[Any]]", message)
-        timed: bool = getattr(message, "timed", True)
-        threshold: int | None = getattr(message, "threshold", None)
+        job_id, fn, star, args = message.job_id, message.fn, message.star, message.args
+        timed, threshold = message.timed, message.threshold
         broadcast = self._broadcasts.get(job_id)
         if broadcast is None and threshold is not None:
             broadcast = self._broadcasts[job_id] = _shm.Broadcast()
@@ -195,7 +200,7 @@ class ProcessBackend:
         shared = ctx.RawArray("d", Beacon.SLOTS)
         beacon = Beacon(shared)
         beacon.reset()
-        forked = self.start_method == "fork"
+        forked = self._start_method == "fork"
         cfg = self._config
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
@@ -205,13 +210,13 @@ class ProcessBackend:
                 cfg.ignore_signals,
                 cfg.initializer,
                 cfg.initargs,
-                self.preload,
+                self.capabilities.preload,
                 parent_sock if forked else None,
                 os.getpid(),
                 # The kernel's parent-death signal follows the forking thread:
                 # ask for it only from a thread that outlives the workers.
                 threading.current_thread() is threading.main_thread()
-                or self.start_method == "forkserver",
+                or self._start_method == "forkserver",
             ),
             name=f"parmap-worker-{wid}",
         )
