@@ -160,8 +160,13 @@ class Engine:
         if self.closed:
             raise RuntimeError("this pool is closed")
 
-    def finish(self, job: Job, *, cancel: bool) -> None:
-        """The consumer of ``job`` is done with it; with ``cancel``, stop its work."""
+    def finish(self, job: Job, *, cancel: bool, settle: bool = False) -> None:
+        """The consumer of ``job`` is done with it; with ``cancel``, stop its work.
+
+        Killed workers that have exited are reaped. With ``settle`` (a
+        blocking map ends) those still dying get a moment too, so that no
+        zombie outlives the map; an event loop is never made to wait.
+        """
         self._waiters.pop(job, None)
         self.backend.forget(job.id)
         if cancel and not job.done:
@@ -170,6 +175,7 @@ class Engine:
             self.sched.remove(job)
         if not self.closed:
             self.execute()
+            self.backend.reap(wait=settle)
 
     def close(self) -> None:
         """Stop every worker; running maps fail with ``RuntimeError``.

@@ -57,6 +57,7 @@ class Backend(Protocol):
     def send(self, wid: int, payload: Any) -> None: ...
     def kill(self, wid: int) -> None: ...
     def retire(self, wid: int) -> None: ...
+    def reap(self, *, wait: bool) -> None: ...
     def close(self) -> None: ...
     def waitables(self) -> list[Waitable]: ...
     def writables(self) -> list[Waitable]: ...
@@ -69,12 +70,15 @@ class Backend(Protocol):
 
 class InProcessIO:
     """What a backend without processes or sockets of its own says about
-    them: no process ids, nothing ever waits to be written, and no map
-    leaves anything to forget."""
+    them: no process ids, nothing to reap, nothing ever waits to be written,
+    and no map leaves anything to forget."""
 
     def pid(self, wid: int) -> int | None:
         """No worker is a process of its own."""
         return None
+
+    def reap(self, *, wait: bool) -> None:
+        """No worker is a process to reap."""
 
     def writables(self) -> list[Waitable]:
         """Nothing waits to be written."""
