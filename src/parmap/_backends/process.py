@@ -115,7 +115,7 @@ def exit_fd(proc: BaseProcess) -> tuple[int, bool]:
     if proc.pid is not None:
         with contextlib.suppress(AttributeError, OSError):
             return os.pidfd_open(proc.pid), True
-    return proc.sentinel, False
+    return proc.sentinel, False  # pragma: no cover - no pidfd_open (Linux < 5.3, macOS)
 
 
 @dataclass(slots=True)
@@ -412,7 +412,7 @@ class ProcessBackend:
         for proc in retiring:
             self._bury(proc)
         self._wait_dying(list(self._dying.values()), KILL_REAP_TIMEOUT)
-        for dying in list(self._dying.values()):
+        for dying in list(self._dying.values()):  # pragma: no cover - unreaped after 10 s
             self._let_go(dying)
             # close() refuses a process that is still running.
             with contextlib.suppress(ValueError):
