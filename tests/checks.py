@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from parmap import MapResult
+from parmap._scheduler import ChunkMessage, Send
 
 T = TypeVar("T")
 
@@ -54,3 +55,9 @@ def seed_expectations(res: MapResult[int]) -> None:
         assert str(error) == f"task {index} failed"
         assert f"parmap: raised for input index {index}" in error.__notes__
         assert has_traceback(error)
+
+
+def sent(cmd: Send) -> ChunkMessage:
+    """The chunk in ``cmd``, from a scheduler whose ``encode`` returns its message."""
+    assert isinstance(cmd.payload, ChunkMessage), cmd.payload
+    return cmd.payload

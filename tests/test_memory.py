@@ -32,6 +32,7 @@ from parmap._options import MapConfig, PoolConfig
 from parmap._scheduler import MEMORY_POLL_SECONDS, Kill, Retire, Scheduler, Send, Spawn
 
 from . import memory_cases as cases
+from .checks import sent
 from .test_scheduler import Harness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,7 +213,7 @@ def test_between_items_a_worker_above_three_quarters_is_retired_and_nothing_fail
     h.sched.on_memory({1: 100 * MB}, h.now)  # under 75%: it gets the next item
     commands = h.flush()
     assert Retire(1) not in commands
-    assert [c.payload[3] for c in commands if isinstance(c, Send)] == [["c"]]  # type: ignore[index]
+    assert [sent(c).args for c in commands if isinstance(c, Send)] == [["c"]]
     assert job.failures == 0
 
 
@@ -508,7 +509,8 @@ def test_random_readings_keep_every_promise(
                 # An idle worker is measured first; a busy one may get its
                 # next chunk ahead (it runs its chunks in order).
                 assert w.chunk or not sched.slots[cmd.wid].mem_check, "sent before measured"
-                w.chunk += list(range(cmd.payload[3][0], cmd.payload[3][0] + len(cmd.payload[3])))  # type: ignore[index]
+                args = sent(cmd).args
+                w.chunk += list(range(args[0], args[0] + len(args)))
             elif isinstance(cmd, Retire):
                 assert not model[cmd.wid].chunk, "a busy worker was retired"
                 assert last_reading[cmd.wid] > 0.75 * limit or sched.closing

@@ -15,6 +15,7 @@ from parmap._scheduler import (
     MAX_STARTUP_FAILURES,
     MAX_WINDOW_ITEMS,
     POLL_SECONDS,
+    ChunkMessage,
     Job,
     Kill,
     Retire,
@@ -22,6 +23,8 @@ from parmap._scheduler import (
     Send,
     Spawn,
 )
+
+from .checks import sent
 
 
 class Harness:
@@ -32,9 +35,8 @@ class Harness:
         self.beacons: dict[int, tuple[int, float | None]] = {}
         self.bad_args = bad_args
 
-        def encode(message: object) -> object:
-            assert isinstance(message, tuple)
-            for arg in message[3]:
+        def encode(message: ChunkMessage) -> object:
+            for arg in message.args:
                 if arg in self.bad_args:
                     raise TypeError(f"cannot pickle {arg!r}")
             return message
@@ -65,7 +67,7 @@ class Harness:
         commands = self.sched.take_commands()
         for cmd in commands:
             if isinstance(cmd, Send):
-                args = list(cmd.payload[3])  # type: ignore[index]
+                args = list(sent(cmd).args)
                 if self.chunks.get(cmd.wid):
                     self.queued.setdefault(cmd.wid, []).append(args)
                 else:

@@ -39,6 +39,7 @@ from parmap import TaskTimeoutError, WorkerCrashedError
 from parmap._options import MapConfig
 from parmap._scheduler import (
     MAX_STARTUP_FAILURES,
+    ChunkMessage,
     Job,
     Kill,
     Retire,
@@ -46,6 +47,8 @@ from parmap._scheduler import (
     Send,
     Spawn,
 )
+
+from .checks import sent
 
 #: Raise for a longer hunt, e.g. PARMAP_PROPERTY_EXAMPLES=20000.
 EXAMPLES = int(os.environ.get("PARMAP_PROPERTY_EXAMPLES", "300"))
@@ -220,9 +223,8 @@ class Sim:
         self.step = 0
 
     # ------------------------------------------------ what the scheduler calls
-    def encode(self, message: object) -> object:
-        assert isinstance(message, tuple)
-        jid, _fn, _star, args = message
+    def encode(self, message: ChunkMessage) -> object:
+        jid, args = message.job_id, message.args
         for arg in args:
             if arg in self.states[jid].spec.unpicklable:
                 raise TypeError(f"cannot pickle input {arg}")
@@ -261,9 +263,9 @@ class Sim:
     def on_send(self, wid: int, payload: object) -> None:
         worker = self.workers.get(wid)
         check(worker is not None, f"chunk sent to worker {wid}, which is not alive")
-        assert worker is not None and isinstance(payload, tuple)
+        assert worker is not None and isinstance(payload, ChunkMessage)
         check(worker.chunk is None, f"worker {wid} was sent a chunk while it still had one")
-        jid, fn, star, args = payload
+        jid, fn, star, args = payload.job_id, payload.fn, payload.star, payload.args
         state = self.states[jid]
         check(bool(args), "empty chunk")
         check(star is False, "star flag changed")
@@ -774,7 +776,7 @@ def _two_maps_one_worker() -> tuple[Scheduler, Job, Job]:
         sched.end_input(job)
     sched.on_ready(0)
     sends = [c for c in sched.take_commands() if isinstance(c, Send)]
-    assert [c.payload[0] for c in sends] == [first.id]  # type: ignore[index]
+    assert [sent(c).job_id for c in sends] == [first.id]
     return sched, first, second
 
 
@@ -784,7 +786,7 @@ def _served(sched: Scheduler, job: Job) -> bool:
         if isinstance(cmd, Spawn):
             sched.on_ready(cmd.wid)
     commands += sched.take_commands()
-    return any(isinstance(c, Send) and c.payload[0] == job.id for c in commands)  # type: ignore[index]
+    return any(isinstance(c, Send) and sent(c).job_id == job.id for c in commands)
 
 
 def test_cancelling_a_map_does_not_strand_a_map_waiting_for_its_worker() -> None:
@@ -801,9 +803,8 @@ def test_an_input_error_does_not_strand_a_map_waiting_for_its_worker() -> None:
 
 
 def test_unpicklable_input_that_stops_a_raise_mode_map_leaves_nothing_pending() -> None:
-    def encode(message: object) -> object:
-        assert isinstance(message, tuple)
-        if 1 in message[3]:
+    def encode(message: ChunkMessage) -> object:
+        if 1 in message.args:
             raise TypeError("cannot pickle 1")
         return message
 

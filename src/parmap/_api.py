@@ -113,12 +113,12 @@ class _Call:
         self.payload: object
         if engine.preload is fn:
             self.payload = None
-        elif getattr(engine.backend, "in_process", False):
+        elif engine.backend.capabilities.in_process:
             # Threads and the caller run the function object itself: nothing
             # to pickle, and a closure sees the caller's own state.
             self.payload = fn
         else:
-            start_method = getattr(engine.backend, "start_method", None)
+            start_method = engine.backend.capabilities.start_method
             # Only worker processes of our own take buffers out of band.
             threshold = config.shared_memory_threshold if start_method is not None else None
             self.payload = dump_function(fn, start_method, threshold)

@@ -120,7 +120,7 @@ def iterate(
         try:
             if job is not None:
                 with engine.turn():
-                    engine.finish(job, cancel=not completed)
+                    engine.finish(job, cancel=not completed, settle=True)
         finally:
             try:
                 if resume is not None:

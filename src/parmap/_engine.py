@@ -73,28 +73,24 @@ class Engine:
         self.config = config
         self.pid = os.getpid()
         self.backend: Backend = make_backend(config, preload=preload)
+        caps = self.backend.capabilities
         # The backend says whether workers really have it (only under fork).
-        self.preload = self.backend.preload
-        # Backends other than processes may size the pool themselves (serial
-        # has one slot, dask asks its cluster) and may be unable to say which
-        # item of a chunk is running (see Scheduler).
+        self.preload = caps.preload
         self.sched = Scheduler(
-            getattr(self.backend, "workers", config.resolved_workers),
+            caps.workers,
             encode=self.backend.encode,
             beacon=self.backend.beacon,
             max_tasks_per_worker=config.max_tasks_per_worker,
-            item_beacon=getattr(self.backend, "item_beacon", True),
-            can_kill=self.backend.can_kill,
-            prefetch=getattr(self.backend, "prefetch", False),
+            item_beacon=caps.item_beacon,
+            can_kill=caps.can_kill,
+            prefetch=caps.prefetch,
             backlogged=self.backend.backlogged,
             memory_limit=config.memory_limit,
         )
         # Pools with max_memory_per_worker: the parent reads its workers'
         # memory when the scheduler asks (see ``_check_memory``).
         self._gauge = (
-            None
-            if config.memory_limit is None
-            else Gauge(forked=getattr(self.backend, "start_method", None) == "fork")
+            None if config.memory_limit is None else Gauge(forked=caps.start_method == "fork")
         )
         self.backend.on_discard = self._on_discard
         # Waitables discarded while one wait's ready list is being handled:
@@ -153,19 +149,24 @@ class Engine:
         # have made a reading due (a deadline, a finished item).
         gauge, sched = self._gauge, self.sched
         assert gauge is not None
-        pid_of = getattr(self.backend, "pid", None)
+        pid = self.backend.pid
         now = time.monotonic()
         due = sched.memory_due(now)
-        if due and pid_of is not None:
-            sched.on_memory({wid: gauge.read(wid, pid_of(wid)) for wid in due}, now)
+        if due:
+            sched.on_memory({wid: gauge.read(wid, pid(wid)) for wid in due}, now)
 
     def check_open(self) -> None:
         """Raise if this pool cannot take new maps."""
         if self.closed:
             raise RuntimeError("this pool is closed")
 
-    def finish(self, job: Job, *, cancel: bool) -> None:
-        """The consumer of ``job`` is done with it; with ``cancel``, stop its work."""
+    def finish(self, job: Job, *, cancel: bool, settle: bool = False) -> None:
+        """The consumer of ``job`` is done with it; with ``cancel``, stop its work.
+
+        Killed workers that have exited are reaped. With ``settle`` (a
+        blocking map ends) those still dying get a moment too, so that no
+        zombie outlives the map; an event loop is never made to wait.
+        """
         self._waiters.pop(job, None)
         self.backend.forget(job.id)
         if cancel and not job.done:
@@ -174,6 +175,7 @@ class Engine:
             self.sched.remove(job)
         if not self.closed:
             self.execute()
+            self.backend.reap(wait=settle)
 
     def close(self) -> None:
         """Stop every worker; running maps fail with ``RuntimeError``.

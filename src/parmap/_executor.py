@@ -858,11 +858,12 @@ class Executor(cf.Executor):
         """The function as workers get it, or the exception saying why it cannot go."""
         if fn is self._last_fn:
             return self._last_payload
-        if getattr(engine.backend, "in_process", False):
+        caps = engine.backend.capabilities
+        if caps.in_process:
             payload: object = fn  # threads and the caller run the object itself
         else:
             try:
-                payload = dump_function(fn, getattr(engine.backend, "start_method", None))
+                payload = dump_function(fn, caps.start_method)
             except TypeError as exc:
                 return exc
         self._last_fn, self._last_payload = fn, payload

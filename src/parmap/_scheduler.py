@@ -165,14 +165,20 @@ class Retire:
 Command = Spawn | Send | Kill | Retire
 
 
-class ChunkMessage(tuple[Any, ...]):
-    """A chunk to send: ``(job_id, function_payload_or_None, star, args)``.
+@dataclass(frozen=True, slots=True)
+class ChunkMessage:
+    """A chunk for a backend to encode: inputs ``args`` of map ``job_id``.
 
-    A plain 4-tuple to every backend; ``timed`` tells a backend whose workers
-    date their items only when asked (processes) that the map has a timeout,
+    ``fn`` is the map's function payload with the map's first chunk to each
+    worker, else None; ``timed`` tells a backend whose workers date their
+    items only when asked (processes) that the map has a timeout;
     ``threshold`` is the map's ``shared_memory_threshold``.
     """
 
+    job_id: int
+    fn: Any
+    star: bool
+    args: list[Any]
     timed: bool = True
     threshold: int | None = None
 
@@ -360,7 +366,7 @@ class Scheduler:
         self,
         workers: int,
         *,
-        encode: Callable[[object], object],
+        encode: Callable[[ChunkMessage], object],
         beacon: Callable[[int], BeaconReading],
         max_tasks_per_worker: int | None = None,
         item_beacon: bool = True,
@@ -687,9 +693,14 @@ class Scheduler:
             job.pending.popleft()
         first = job.id not in slot.sent_jobs
         fn = job.fn_payload if first else None
-        message = ChunkMessage((job.id, fn, job.star, args))
-        message.timed = job.config.timeout is not None
-        message.threshold = job.config.shared_memory_threshold
+        message = ChunkMessage(
+            job.id,
+            fn,
+            job.star,
+            args,
+            timed=job.config.timeout is not None,
+            threshold=job.config.shared_memory_threshold,
+        )
         try:
             payload = self._encode(message)
         except Exception:
@@ -728,7 +739,7 @@ class Scheduler:
         good: list[Run] = []
         for offset, arg in enumerate(args):
             try:
-                self._encode((job.id, None, job.star, [arg]))
+                self._encode(ChunkMessage(job.id, None, job.star, [arg]))
             except Exception as exc:
                 error = PicklingError(
                     f"cannot send input {start + offset} to a worker: its arguments "

@@ -39,12 +39,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from .._options import PoolConfig
-from .._scheduler import BeaconReading, Scheduler
+from .._scheduler import BeaconReading, ChunkMessage, Scheduler
 from .._worker import PROTOCOL, decode_batch, run_chunk
-from .base import InProcessIO, Waitable
+from .base import Capabilities, InProcessIO, Waitable
 from .thread import (
     DONE,
     NEXT,
@@ -53,7 +53,6 @@ from .thread import (
     Lane,
     LocalFunctions,
     Mailbox,
-    Message,
     deliver,
     forget_finished,
     local_error,
@@ -109,7 +108,6 @@ def _outcome(future: Any) -> tuple[Any, BaseException | None]:
 class ExecutorBackend(InProcessIO):
     """Worker slots whose chunks run as futures of a caller's executor."""
 
-    can_kill = False
     #: Used in error messages: what refused an initializer.
     kind = "an Executor"
 
@@ -122,11 +120,18 @@ class ExecutorBackend(InProcessIO):
                 f"{self._initializer_advice()}"
             )
         self._target = target
-        self.in_process = self._runs_here(target)
-        self.item_beacon = self.in_process
-        self.preload = preload if self.in_process else None
-        self.workers = self._default_workers(config)
-        self._functions = LocalFunctions(preload) if self.in_process else None
+        self._in_process = self._runs_here(target)
+        self.capabilities = Capabilities(
+            workers=self._default_workers(config),
+            can_kill=False,
+            # A call run elsewhere says nothing until it returns.
+            item_beacon=self._in_process,
+            prefetch=False,
+            in_process=self._in_process,
+            start_method=None,
+            preload=preload if self._in_process else None,
+        )
+        self._functions = LocalFunctions(preload) if self._in_process else None
         self._payloads: dict[int, bytes] = {}
         self._mailbox = Mailbox()
         self._slots: dict[int, _Slot] = {}
@@ -154,11 +159,11 @@ class ExecutorBackend(InProcessIO):
             future.cancel()
 
     # ---------------------------------------------------------------- commands
-    def encode(self, message: object) -> object:
+    def encode(self, message: ChunkMessage) -> object:
         """In-process: the chunk as it is. Remote: the chunk pickled, with its function."""
         if self._functions is not None:
             return _Chunk(*self._functions.resolve(message), None)
-        job_id, fn, star, args = cast(Message, message)
+        job_id, fn, star, args = message.job_id, message.fn, message.star, message.args
         if fn is None:
             fn = self._payloads[job_id]
         else:
@@ -208,7 +213,7 @@ class ExecutorBackend(InProcessIO):
         slot = self._slots.get(wid)
         if slot is None:
             return None
-        if self.in_process:
+        if self._in_process:
             return slot.beacon
         # A remote call says nothing until it returns: count its first item
         # as running since the call was submitted.
@@ -286,7 +291,7 @@ class ExecutorBackend(InProcessIO):
             return
         slot.unit = None
         if error is None:
-            if not self.in_process:  # in-process calls posted their outcomes already
+            if not self._in_process:  # in-process calls posted their outcomes already
                 values, raw_errors, pickled, busy = result
                 values, errors = decode_batch(values, raw_errors, pickled)
                 slot.reported += len(values)

@@ -9,6 +9,12 @@ The parent never blocks on a worker's socket: chunks wait in the worker's
 ``writables()``), while results go on being read. A worker whose outbox is
 above ``HIGH_WATER`` is reported as backlogged, and the scheduler sends it no
 chunk ahead of time until it drains below ``LOW_WATER``.
+
+Nor does the parent ever wait for a killed worker: after SIGKILL the worker
+is *dying*, its exit descriptor (a pidfd, else its sentinel) is watched like
+any other, and it is reaped when that fires. A blocking map's end waits a
+moment for the workers it killed (``reap(wait=True)``) and ``close`` for all,
+each within a bound.
 """
 
 from __future__ import annotations
@@ -27,13 +33,13 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any, cast
+from typing import Any
 
 from .. import _shm, _sockio
 from .._memory import OomWatch
 from .._options import PoolConfig
 from .._results import rebuild_error
-from .._scheduler import BeaconReading, Scheduler
+from .._scheduler import BeaconReading, ChunkMessage, Scheduler
 from .._sigmask import sigint_held
 from .._wire import Encoded, Inbox, Outbox, ProtocolError
 from .._worker import (
@@ -46,14 +52,18 @@ from .._worker import (
     decode_batch,
     worker_main,
 )
-from .base import Waitable
+from .base import Capabilities, Waitable
 
 #: How long an idle worker gets to exit after being told to stop.
 RETIRE_GRACE = 2.0
 #: How long a process whose sentinel fired gets to become reapable.
 EXIT_GRACE = 0.1
-#: How long we wait for the kernel to reap a SIGKILLed process.
+#: How long ``close`` waits, for all of them together, for killed workers to exit.
 KILL_REAP_TIMEOUT = 10.0
+#: How long a blocking map's end waits for the workers it killed to exit.
+SETTLE_TIMEOUT = 1.0
+#: How often a wait looks again at a worker that exited but cannot be reaped yet.
+HELD_POLL = 0.05
 #: Outbox levels (bytes) between which a worker counts as backlogged.
 HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 16
@@ -76,21 +86,6 @@ def _wait_for_exit(proc: BaseProcess, seconds: float) -> None:
         os.close(pidfd)
 
 
-def stop_all(procs: list[BaseProcess], grace: float) -> None:
-    """Stop processes that were told to exit: wait for all of them together
-    for at most ``grace`` seconds, then SIGKILL the rest; reap them all."""
-    deadline = time.monotonic() + grace
-    alive = [p for p in procs if p.exitcode is None]
-    while alive:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        mp_wait([p.sentinel for p in alive], left)
-        alive = [p for p in alive if p.exitcode is None]
-    for proc in procs:
-        stop_process(proc, force=True)
-
-
 def kill_group(proc: BaseProcess) -> None:
     """SIGKILL a worker and its process group (what its task started)."""
     pid = proc.pid
@@ -102,24 +97,40 @@ def kill_group(proc: BaseProcess) -> None:
                 proc.kill()
 
 
-def stop_process(proc: BaseProcess, *, force: bool, grace: float = RETIRE_GRACE) -> int | None:
-    """Stop ``proc`` and reap it; return its exit code.
-
-    Without ``force`` the process gets ``grace`` seconds to exit on its own
-    (it was told to stop); then, or with ``force``, it is sent SIGKILL. Workers
-    ignore SIGTERM, so there is no middle step.
-    """
-    if not force:
-        proc.join(grace)
-    if proc.exitcode is None:
-        kill_group(proc)
-        proc.join(KILL_REAP_TIMEOUT)
-    code = proc.exitcode
-    # close() refuses a process still running after SIGKILL (uninterruptible
-    # sleep); there is nothing more we can do for it.
-    with contextlib.suppress(ValueError):
+def reaped(proc: BaseProcess) -> int | None:
+    """Reap ``proc`` if it has exited, never waiting; its exit code, or None."""
+    code = proc.exitcode  # polls without blocking
+    if code is not None:
         proc.close()
     return code
+
+
+def exit_fd(proc: BaseProcess) -> tuple[int, bool]:
+    """A descriptor that becomes readable once ``proc`` has exited, and
+    whether it is ours to close.
+
+    A pidfd where the system has them: readable exactly when the process can
+    be reaped. Else its sentinel, which closes a moment before that.
+    """
+    if proc.pid is not None:
+        with contextlib.suppress(AttributeError, OSError):
+            return os.pidfd_open(proc.pid), True
+    return proc.sentinel, False  # pragma: no cover - no pidfd_open (Linux < 5.3, macOS)
+
+
+@dataclass(slots=True)
+class _Dying:
+    """A worker sent SIGKILL and not reaped yet."""
+
+    process: BaseProcess
+    fd: int  # see ``exit_fd``
+    own_fd: bool
+    #: It exited but cannot be reaped yet: a tracer (strace, a debugger) has
+    #: not let go of it. Its descriptor stays readable, so it is no longer
+    #: watched, only looked at again on every later event.
+    held: bool = False
+    #: A blocking map's end waited for it once already.
+    waited: bool = False
 
 
 @dataclass(slots=True)
@@ -133,36 +144,42 @@ class _Proc:
     inbox: Inbox = field(default_factory=Inbox)
     backlogged: bool = False
     eof: bool = False
-    reaped: bool = False  # stopped and reaped already (see ``handle``)
+    stopped: bool = False  # killed already (see ``handle``)
 
 
 class ProcessBackend:
     """Starts, feeds, watches and stops worker processes."""
 
-    can_kill = True
-    #: Workers read chunks in order from their own socket: one may be sent
-    #: its next chunk while it runs the current one (see Scheduler).
-    prefetch = True
-
     def __init__(self, config: PoolConfig, *, preload: Callable[..., Any] | None = None) -> None:
         self._config = config
         self._ctx: BaseContext = multiprocessing.get_context(config.start_method)
-        self.start_method: str = self._ctx.get_start_method()
-        self.preload = preload if self.start_method == "fork" else None
+        self._start_method = self._ctx.get_start_method()
+        self.capabilities = Capabilities(
+            workers=config.resolved_workers,
+            can_kill=True,
+            item_beacon=True,
+            # Workers read chunks in order from their own socket: one may be
+            # sent its next chunk while it runs the current one.
+            prefetch=True,
+            in_process=False,
+            start_method=self._start_method,
+            # Only forked workers have the parent's function without pickling.
+            preload=preload if self._start_method == "fork" else None,
+        )
         self._procs: dict[int, _Proc] = {}
         self._by_waitable: dict[Waitable, int] = {}
         self._retiring: list[BaseProcess] = []
+        self._dying: dict[Waitable, _Dying] = {}  # by exit descriptor
         # Buffers each running map already put in shared memory.
         self._broadcasts: dict[int, _shm.Broadcast] = {}
         self.on_discard: Callable[[list[Waitable]], None] = lambda waitables: None
         self._oom = OomWatch()  # names the OOM killer in a SIGKILL nobody sent
 
     # ------------------------------------------------------------- lifecycle
-    def encode(self, message: object) -> Encoded:
+    def encode(self, message: ChunkMessage) -> Encoded:
         """Pickle a chunk message for the socket, large buffers out of band."""
-        job_id, fn, star, args = cast("tuple[int, Any, bool, list[Any]]", message)
-        timed: bool = getattr(message, "timed", True)
-        threshold: int | None = getattr(message, "threshold", None)
+        job_id, fn, star, args = message.job_id, message.fn, message.star, message.args
+        timed, threshold = message.timed, message.threshold
         broadcast = self._broadcasts.get(job_id)
         if broadcast is None and threshold is not None:
             broadcast = self._broadcasts[job_id] = _shm.Broadcast()
@@ -195,7 +212,7 @@ class ProcessBackend:
         shared = ctx.RawArray("d", Beacon.SLOTS)
         beacon = Beacon(shared)
         beacon.reset()
-        forked = self.start_method == "fork"
+        forked = self._start_method == "fork"
         cfg = self._config
         proc = ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
@@ -205,13 +222,13 @@ class ProcessBackend:
                 cfg.ignore_signals,
                 cfg.initializer,
                 cfg.initargs,
-                self.preload,
+                self.capabilities.preload,
                 parent_sock if forked else None,
                 os.getpid(),
                 # The kernel's parent-death signal follows the forking thread:
                 # ask for it only from a thread that outlives the workers.
                 threading.current_thread() is threading.main_thread()
-                or self.start_method == "forkserver",
+                or self._start_method == "forkserver",
             ),
             name=f"parmap-worker-{wid}",
         )
@@ -276,10 +293,69 @@ class ProcessBackend:
             entry.backlogged = False
 
     def kill(self, wid: int) -> None:
-        """Kill worker ``wid``; it is reaped without waiting where possible."""
+        """SIGKILL worker ``wid``; it is reaped once its exit is signalled, not waited for."""
         entry = self._discard(wid, tell=False)
-        if entry is not None and not entry.reaped:
-            stop_process(entry.process, force=True)
+        if entry is not None and not entry.stopped:
+            self._bury(entry.process)
+
+    def _bury(self, proc: BaseProcess) -> int | None:
+        """SIGKILL ``proc`` unless it has exited; reap it now if it has, else
+        watch it as dying. Returns its exit code if it was reaped."""
+        code = reaped(proc)
+        if code is None:
+            kill_group(proc)
+            code = reaped(proc)
+        if code is None:
+            fd, own = exit_fd(proc)
+            self._dying[fd] = _Dying(proc, fd, own)
+        return code
+
+    def _sweep(self) -> None:
+        """Reap the dying workers that can be reaped by now (never waits)."""
+        for dying in list(self._dying.values()):
+            if dying.process.exitcode is not None:
+                self._let_go(dying)
+                dying.process.close()
+
+    def _let_go(self, dying: _Dying) -> None:
+        del self._dying[dying.fd]
+        if not dying.held:  # still watched
+            self.on_discard([dying.fd])
+        if dying.own_fd:
+            os.close(dying.fd)
+
+    def _hold(self, dying: _Dying) -> None:
+        dying.held = True
+        self.on_discard([dying.fd])
+
+    def reap(self, *, wait: bool) -> None:
+        """Reap the killed workers that have exited; with ``wait`` (a blocking
+        map ends), first give those still dying up to ``SETTLE_TIMEOUT``."""
+        self._sweep()
+        if wait:
+            waiting = [d for d in self._dying.values() if not (d.held or d.waited)]
+            for dying in waiting:
+                dying.waited = True  # a worker that never exits delays one map only
+            self._wait_dying(waiting, SETTLE_TIMEOUT)
+
+    def _wait_dying(self, dying: list[_Dying], seconds: float) -> None:
+        """Wait up to ``seconds`` for ``dying`` to exit, reaping them as they do."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self._sweep()
+            left = [d for d in dying if self._dying.get(d.fd) is d]
+            remaining = deadline - time.monotonic()
+            if not left or remaining <= 0:
+                return
+            watched = [d.fd for d in left if not d.held]
+            if not watched:
+                time.sleep(min(remaining, HELD_POLL))
+                continue
+            ready = set(mp_wait(watched, remaining))
+            self._sweep()
+            for d in left:
+                if d.fd in ready and self._dying.get(d.fd) is d:
+                    self._hold(d)
 
     def retire(self, wid: int) -> None:
         """Ask idle worker ``wid`` to exit; it is reaped later, without waiting now."""
@@ -294,7 +370,7 @@ class ProcessBackend:
             if proc.exitcode is None:  # exitcode polls without blocking
                 still.append(proc)
             else:
-                stop_process(proc, force=False)
+                proc.close()
         self._retiring = still
 
     def _discard(self, wid: int, *, tell: bool) -> _Proc | None:
@@ -318,17 +394,34 @@ class ProcessBackend:
         return entry
 
     def close(self) -> None:
-        """Stop every worker (the scheduler already retired or killed them)."""
+        """Stop every worker (the scheduler already retired or killed them).
+
+        Retiring workers get ``RETIRE_GRACE`` to exit on their own, then
+        SIGKILL; then every killed worker gets ``KILL_REAP_TIMEOUT`` to be
+        reaped (one that cannot be, in uninterruptible sleep, is left).
+        """
         for wid in list(self._procs):
             self.kill(wid)
         self._broadcasts.clear()
         retiring, self._retiring = self._retiring, []
-        stop_all(retiring, RETIRE_GRACE)
+        deadline = time.monotonic() + RETIRE_GRACE
+        alive = [p for p in retiring if p.exitcode is None]
+        while alive and (left := deadline - time.monotonic()) > 0:
+            mp_wait([p.sentinel for p in alive], left)
+            alive = [p for p in alive if p.exitcode is None]
+        for proc in retiring:
+            self._bury(proc)
+        self._wait_dying(list(self._dying.values()), KILL_REAP_TIMEOUT)
+        for dying in list(self._dying.values()):  # pragma: no cover - unreaped after 10 s
+            self._let_go(dying)
+            # close() refuses a process that is still running.
+            with contextlib.suppress(ValueError):
+                dying.process.close()
 
     # --------------------------------------------------------------- reading
     def waitables(self) -> list[Waitable]:
-        """Sockets and sentinels to watch for reading."""
-        return list(self._by_waitable)
+        """Sockets and sentinels to watch for reading, and dying workers' exit descriptors."""
+        return [*self._by_waitable, *(fd for fd, d in self._dying.items() if not d.held)]
 
     def pid(self, wid: int) -> int | None:
         """Process id of worker ``wid`` (for reading its memory), or None."""
@@ -342,6 +435,12 @@ class ProcessBackend:
 
     def handle(self, waitable: Waitable, sched: Scheduler, now: float) -> None:
         """Process what became ready on ``waitable``."""
+        if self._dying:
+            self._sweep()  # held workers are looked at again on every event
+            dying = self._dying.get(waitable)
+            if dying is not None:  # it exited, yet cannot be reaped
+                self._hold(dying)
+                return
         wid = self._by_waitable.get(waitable)
         if wid is None:
             return
@@ -367,11 +466,11 @@ class ProcessBackend:
         if code is None:
             # The sentinel fired but the process lives: the task closed the
             # descriptors it inherited. It cannot be watched any more.
-            code = stop_process(entry.process, force=True)
-            entry.reaped = True
+            code = self._bury(entry.process)
+            entry.stopped = True
             sched.on_exit(
                 wid,
-                code,
+                -signal.SIGKILL if code is None else code,
                 now,
                 "its task closed the descriptors the worker inherited (its socket to "
                 "parmap among them), so parmap killed it",

@@ -30,8 +30,8 @@ from contextlib import suppress
 from typing import Any
 
 from .._options import PoolConfig
-from .._scheduler import BeaconReading, Scheduler
-from .base import InProcessIO, Waitable
+from .._scheduler import BeaconReading, ChunkMessage, Scheduler
+from .base import Capabilities, InProcessIO, Waitable
 from .thread import LocalFunctions, local_error
 
 
@@ -50,14 +50,17 @@ class _Slot:
 class SerialBackend(InProcessIO):
     """One worker slot, served by the thread that drives the map (see the module docs)."""
 
-    can_kill = False
-    in_process = True
-    item_beacon = True
-    workers = 1
-
     def __init__(self, config: PoolConfig, *, preload: Callable[..., Any] | None = None) -> None:
         self._config = config
-        self.preload = preload
+        self.capabilities = Capabilities(
+            workers=1,
+            can_kill=False,
+            item_beacon=True,
+            prefetch=False,
+            in_process=True,
+            start_method=None,
+            preload=preload,
+        )
         self._functions = LocalFunctions(preload)
         self._slots: dict[int, _Slot] = {}
         self._starting: list[int] = []
@@ -68,7 +71,7 @@ class SerialBackend(InProcessIO):
         self._closed = False
         self.on_discard: Callable[[list[Waitable]], None] = lambda waitables: None
 
-    def encode(self, message: object) -> object:
+    def encode(self, message: ChunkMessage) -> object:
         """Nothing to pickle: the chunk is run as it is."""
         return self._functions.resolve(message)
 

@@ -29,17 +29,14 @@ from typing import Any, cast
 
 from .._options import PoolConfig
 from .._results import rebuild_error
-from .._scheduler import BeaconReading, Scheduler
+from .._scheduler import BeaconReading, ChunkMessage, Scheduler
 from .._worker import encode_error, load_function
-from .base import InProcessIO, Waitable
+from .base import Capabilities, InProcessIO, Waitable
 
 # Tags of mailbox events; each event is a tuple ``(tag, wid, ...)``.
 READY, INIT_FAILED, OUTCOME, DONE, NEXT = range(5)
 
 Event = tuple[Any, ...]
-#: A chunk as the scheduler hands it to ``encode``: job id, the function (with
-#: a job's first chunk to each worker, else None), star, the items' arguments.
-Message = tuple[int, Any, bool, list[Any]]
 Post = Callable[[Event], None]
 
 
@@ -120,17 +117,17 @@ def _missing_function(*args: Any) -> Any:
 class LocalFunctions:
     """Each map's function, for backends that call it in this process.
 
-    ``resolve`` turns the scheduler's chunk message ``(job_id, function or
-    None, star, args)`` into ``(function, star, args)``: the function comes
-    with a job's first chunk to each worker and is remembered for the rest.
+    ``resolve`` turns the scheduler's chunk message into ``(function, star,
+    args)``: the function comes with a job's first chunk to each worker and is
+    remembered for the rest.
     """
 
     def __init__(self, preload: Callable[..., Any] | None) -> None:
         self._preload: Callable[..., Any] | None = getattr(preload, "__parmap_inline__", preload)
         self._by_job: dict[int, Callable[..., Any]] = {}
 
-    def resolve(self, message: object) -> tuple[Callable[..., Any], bool, list[Any]]:
-        job_id, fn, star, args = cast(Message, message)
+    def resolve(self, message: ChunkMessage) -> tuple[Callable[..., Any], bool, list[Any]]:
+        job_id, fn, star, args = message.job_id, message.fn, message.star, message.args
         if fn is None:
             found = self._by_job.get(job_id) or self._preload or _missing_function
             return found, star, args
@@ -235,20 +232,23 @@ class _ThreadLane(Lane):
 class ThreadBackend(InProcessIO):
     """Worker slots served by threads of this process (see the module docs)."""
 
-    can_kill = False
-    in_process = True
-    item_beacon = True
-
     def __init__(self, config: PoolConfig, *, preload: Callable[..., Any] | None = None) -> None:
         self._config = config
-        self.workers = config.resolved_workers
-        self.preload = preload
+        self.capabilities = Capabilities(
+            workers=config.resolved_workers,
+            can_kill=False,
+            item_beacon=True,
+            prefetch=False,
+            in_process=True,
+            start_method=None,
+            preload=preload,
+        )
         self._functions = LocalFunctions(preload)
         self._mailbox = Mailbox()
         self._lanes: dict[int, _ThreadLane] = {}
         self.on_discard: Callable[[list[Waitable]], None] = lambda waitables: None
 
-    def encode(self, message: object) -> object:
+    def encode(self, message: ChunkMessage) -> object:
         """Nothing to pickle: the chunk goes to the thread as it is."""
         return self._functions.resolve(message)
 
