@@ -50,6 +50,7 @@ import _ptasks
 import _tasks
 import data
 import event_loop_lag
+import real
 from event_loop_lag import rotate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -1195,6 +1196,7 @@ WORKLOADS: dict[str, Callable[[Ctx], None]] = {
     "checkpoint": bench_checkpoint,
 }
 WORKLOADS.update(data.WORKLOADS)
+WORKLOADS.update(real.WORKLOADS)
 
 
 # --------------------------------------------------------------------------
