@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import pytest
 
 from parmap import TaskTimeoutError, WorkerCrashedError
-from parmap._options import MapConfig
+from parmap._backends.process import ProcessBackend
+from parmap._options import MapConfig, PoolConfig
+from parmap._pickling import dump_function
 from parmap._scheduler import (
     ITEM_TIMES_KEPT,
     MAX_STARTUP_FAILURES,
@@ -22,6 +25,7 @@ from parmap._scheduler import (
     Send,
     Spawn,
 )
+from parmap._wire import Encoded
 
 
 class Harness:
@@ -155,6 +159,28 @@ def test_chunks_grow_once_items_prove_fast() -> None:
     assert h.chunks[0] == [0]  # unknown speed: one item first
     h.report(0, [0])  # busy 1 ms for one item -> ~20 items per 20 ms chunk
     assert len(h.chunks[0]) > 1
+
+
+def test_a_big_function_does_not_make_its_items_count_as_big() -> None:
+    # Issue 19: the 8 MB the first chunk carries for the function once must
+    # not count as the weight of its one item, or every chunk after it would
+    # hold one item (MAX_CHUNK_BYTES / 8 MB < 1). Real encoding, no processes.
+    backend = ProcessBackend(PoolConfig(workers=1, start_method="fork"))
+    sched = Scheduler(1, encode=backend.encode, beacon=lambda wid: (0, None))
+    fn = dump_function(partial(max, b"x" * (8 << 20)), "fork")
+    job = sched.new_job(MapConfig(), fn_payload=fn, star=False, ordered=False, total=None)
+    sched.feed(job, list(range(20_000)), 0.0)
+    sched.end_input(job)
+    first = [c for c in sched.take_commands() if isinstance(c, Send)]
+    assert (
+        len(first) == 1 and len(cast(Encoded, first[0].payload).body) > 8 << 20
+    )  # it does carry the function
+    sched.on_batch(0, [0], None, busy=1e-6, now=0.001)
+    second = [c for c in sched.take_commands() if isinstance(c, Send)]
+    slot = sched.slots[0]
+    assert len(second) == 1 and slot.chunk is not None
+    assert len(slot.chunk.args) > 1_000
+    assert len(cast(Encoded, second[0].payload).body) < 1 << 20  # and it alone
 
 
 def test_buffer_bounds_how_much_input_is_pulled_ahead_of_the_consumer() -> None:
