@@ -623,3 +623,27 @@ def test_events_for_a_worker_already_gone_change_nothing() -> None:
     assert h.flush() == []
     assert (dict(h.sched.slots), job.error, list(job.pending)) == before
     assert h.sched.broken is None
+
+
+def test_chunks_shrink_at_the_tail_so_slow_last_items_are_shared() -> None:
+    # Issue 19: 392 items of 0.1 ms, then 8 that each take 0.5 s. Chunks sized on
+    # the tiny ones alone would give one worker all 8 (4 s) while the other
+    # idles; near the end chunks hold at most a share of what is left.
+    h = Harness(workers=2)
+    job = h.job(range(400))
+    busy: dict[int, float] = {0: 0.0, 1: 0.0}  # each worker's fake clock
+    sizes: list[int] = []
+    for _ in range(1000):
+        if not h.chunks:
+            break
+        wid = min(h.chunks, key=lambda w: busy[w])  # the one that finishes first
+        chunk = h.chunks[wid]
+        sizes.append(len(chunk))
+        costs = [0.5 if x >= 392 else 1e-4 for x in chunk]
+        busy[wid] += sum(costs)
+        h.now = busy[wid]
+        h.report(wid, list(chunk), per_item=sum(costs) / len(chunk))
+    values, errors = drain(job)
+    assert values == list(range(400)) and not errors
+    assert max(sizes) > 50  # the tiny items still went in big chunks
+    assert abs(busy[0] - busy[1]) <= 0.5 + 1e-3  # 4 s of slow items: at most one apart
