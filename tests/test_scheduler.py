@@ -18,6 +18,7 @@ from parmap._scheduler import (
     MAX_STARTUP_FAILURES,
     MAX_WINDOW_ITEMS,
     POLL_SECONDS,
+    WINDOW_CHUNKS,
     Job,
     Kill,
     Retire,
@@ -409,8 +410,9 @@ def test_an_explicit_chunksize_keeps_the_read_ahead_window_within_the_cap(
 ) -> None:
     h = Harness(workers=workers)
     job = h.job(chunksize=chunksize)
+    cap = MAX_WINDOW_ITEMS // (2 * workers)  # what an explicit chunksize is cut to
     window = h.sched.want(job)
-    assert window == min(2 * workers * chunksize, MAX_WINDOW_ITEMS)
+    assert window == min(WINDOW_CHUNKS * workers * min(chunksize, cap), MAX_WINDOW_ITEMS)
     h.sched.feed(job, list(range(window)), h.now)
     h.flush()
     # Every worker still gets a chunk of its own.

@@ -88,6 +88,11 @@ MAX_CHUNK_ITEMS = 16_384
 #: consumed): a map of millions of tiny items must not buffer hundreds of
 #: thousands of them. Chunks shrink so that every worker still gets two.
 MAX_WINDOW_ITEMS = 65_536
+#: Chunks per worker a map without ``buffer`` pulls ahead (within the cap):
+#: one running, one queued behind it (prefetch), and one waiting in the
+#: parent, so that a worker's queue is refilled as soon as its outcomes
+#: arrive, not only once the consumer has taken them.
+WINDOW_CHUNKS = 3
 #: Consecutive workers that may die before reporting ready before the pool
 #: is declared broken (rather than respawning forever).
 MAX_STARTUP_FAILURES = 3
@@ -525,7 +530,8 @@ class Scheduler:
             return 0
         window = job.config.buffer
         if window is None:
-            window = max(4, 2 * self.workers * self._chunksize(job, cap_by_total=False))
+            chunks = WINDOW_CHUNKS * self.workers * self._chunksize(job, cap_by_total=False)
+            window = max(4, min(chunks, MAX_WINDOW_ITEMS))
         return max(0, window - (job.pulled - job.consumed))
 
     def feed(self, job: Job, args: list[Any], now: float) -> None:
