@@ -13,8 +13,8 @@ Contenders, on warm 2-worker pools, in rotated order every round: serial,
 .imap_unordered``, joblib, mpire, and parmap ``Pool.pmap``, ``Pool.imap``
 and ``Pool.apmap``, each with its own default chunking. The measure is the
 speedup over serial in the same round; the target is that ``pmap`` and
-``apmap`` are at least as fast as the fastest peer, judged on the median of
-per-round ratios.
+``apmap`` are at least as fast as the best peer (the one with the best median
+speedup), judged on the median of per-round ratios to it.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def bench_real(ctx: Any) -> None:
 
     items = stdlib_sources()
     expected = [_tasks.compress9(x) for x in items]
-    rounds = max(3, ctx.sizes.rounds) if ctx.sizes.rounds > 1 else 1
+    rounds = max(5, ctx.sizes.rounds) if ctx.sizes.rounds > 1 else 1
     with contextlib.ExitStack() as stack:
         runs = _contenders(stack)
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -113,8 +113,11 @@ def bench_real(ctx: Any) -> None:
     peers = [n for n in times if n != SERIAL and n not in PARMAP]
     n = len(times[SERIAL])
     speedup = {name: [times[SERIAL][i] / t[i] for i in range(n)] for name, t in times.items()}
-    best_peer = [max(speedup[p][i] for p in peers) for i in range(n)]
+    # The best peer is the one with the best median; rounds compare with it.
+    # (The fastest of five peers in each round would be a best-of-five draw
+    # against parmap's single one on a noisy machine.)
     best = max(peers, key=lambda p: median(speedup[p]))
+    best_peer = speedup[best]
     total = sum(len(x) for x in items)
     wl = f"zlib -9 of {len(items):,} stdlib .py files ({total / 2**20:.0f} MB)"
     ctx.notes.append(
