@@ -105,3 +105,20 @@ def nap_1ms(i: int) -> int:
     """About a millisecond of "work" (a sleep, so that the CPU is left to the parent)."""
     time.sleep(0.001)
     return i
+
+
+def compress9(data: bytes) -> bytes:
+    """zlib at level 9: the real-workload benchmark's task (see ``real.py``)."""
+    import zlib
+
+    return zlib.compress(data, 9)
+
+
+def compress9_at(pair: tuple[int, bytes]) -> tuple[int, bytes]:
+    """``compress9`` with its input's index, for peers that yield in completion order."""
+    return pair[0], compress9(pair[1])
+
+
+def square_with(payload: Any, x: int) -> int:
+    """x*x, with a payload bound by ``functools.partial`` that it never reads."""
+    return x * x

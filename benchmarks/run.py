@@ -50,6 +50,7 @@ import _ptasks
 import _tasks
 import data
 import event_loop_lag
+import real
 from event_loop_lag import rotate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -422,6 +423,125 @@ def bench_throughput(ctx: Ctx) -> None:
         "≥ 20x",
         judged(median(vs_ppe) >= 20.0),
         peers={PPE: "1x"},
+    )
+
+
+class _Counted:
+    """A generator of ``range(n)`` that counts what was pulled from it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.n):
+            self.pulled += 1
+            yield i
+
+
+def bench_explicit_chunks(ctx: Ctx) -> None:
+    """imap over a generator and pmap over a range, both with chunksize=1000, against mp.Pool."""
+    s = ctx.sizes
+    n_gen = s.mem_items
+    n = s.xx_items
+    xs = list(range(n))
+    ahead: dict[str, list[int]] = {}
+
+    def consume(name: str, it: Callable[[Iterable[int]], Iterable[Any]]) -> list[Any]:
+        # Read-ahead: inputs pulled from the generator but not yet consumed.
+        gen = _Counted(n_gen)
+        out, worst = [], 0
+        for i, value in enumerate(it(gen)):
+            if not i & 1023:
+                worst = max(worst, gen.pulled - i)
+            out.append(value)
+        ahead.setdefault(name, []).append(worst)
+        return out
+
+    runs: dict[str, tuple[Callable[[], Any], int]] = {}
+    with contextlib.ExitStack() as stack:
+        ppool = stack.enter_context(parmap.Pool(workers=WORKERS))
+        mpool = stack.enter_context(mp.Pool(WORKERS))
+        runs["parmap imap"] = (
+            lambda: consume(
+                "parmap imap",
+                lambda g: (
+                    o.value for o in ppool.imap(_tasks.square, g, chunksize=1000, ordered=True)
+                ),
+            ),
+            n_gen,
+        )
+        runs["mp.Pool imap"] = (
+            lambda: consume("mp.Pool imap", lambda g: mpool.imap(_tasks.square, g, chunksize=1000)),
+            n_gen,
+        )
+        runs["parmap pmap"] = (lambda: ppool.pmap(_tasks.square, xs, chunksize=1000), n)
+        runs["mp.Pool map"] = (lambda: mpool.map(_tasks.square, xs, chunksize=1000), n)
+        rates = square_rates(runs, s.rounds)
+    ctx.raw["explicit_chunks"] = {"rates": rates, "read_ahead": ahead}
+    vs_imap = ratios(rates["parmap imap"], rates["mp.Pool imap"])
+    ctx.row(
+        f"imap(ordered=True) over a {n_gen:,}-item generator, chunksize=1000",
+        "items/s (warm pool); most inputs read ahead",
+        f"{fmt_rate(median(rates['parmap imap']))} ({median(vs_imap):.2f}x mp.Pool.imap); "
+        f"{max(ahead['parmap imap']):,} ahead",
+        "≥ 1.0x mp.Pool.imap, read-ahead bounded",
+        judged(median(vs_imap) >= 1.0 and max(ahead["parmap imap"]) <= 65_536),
+        peers={
+            POOL: f"{fmt_rate(median(rates['mp.Pool imap']))}; {max(ahead['mp.Pool imap']):,} ahead"
+        },
+    )
+    vs_map = ratios(rates["parmap pmap"], rates["mp.Pool map"])
+    ctx.row(
+        f"{n:,} calls of x*x, chunksize=1000",
+        "items/s (warm pool)",
+        f"{fmt_rate(median(rates['parmap pmap']))} ({median(vs_map):.2f}x mp.Pool.map)",
+        "≥ 1.0x mp.Pool.map, same chunksize",
+        judged(median(vs_map) >= 1.0),
+        peers={POOL: fmt_rate(median(rates["mp.Pool map"]))},
+    )
+
+
+def bench_big_function(ctx: Ctx) -> None:
+    """pmap of a partial that binds 8 MB, against the same map binding 8 bytes."""
+    import functools
+
+    n = 20_000
+    xs = list(range(n))
+    big, small = bytes(8 << 20), bytes(8)
+    runs: dict[str, tuple[Callable[[], Any], int]] = {}
+    with contextlib.ExitStack() as stack:
+        ppool = stack.enter_context(parmap.Pool(workers=WORKERS))
+        mpool = stack.enter_context(mp.Pool(WORKERS))
+        runs["parmap"] = (
+            lambda: ppool.pmap(functools.partial(_tasks.square_with, big), xs),
+            n,
+        )
+        runs["parmap small"] = (
+            lambda: ppool.pmap(functools.partial(_tasks.square_with, small), xs),
+            n,
+        )
+        runs[POOL] = (lambda: mpool.map(functools.partial(_tasks.square_with, big), xs), n)
+        rates = square_rates(runs, max(5, ctx.sizes.rounds))
+    ctx.raw["big_function"] = rates
+    vs_small = ratios(rates["parmap"], rates["parmap small"])
+    vs_pool = ratios(rates["parmap"], rates[POOL])
+    wl = f"{n:,} calls of x*x through partial(f, 8 MB of bytes)"
+    ctx.row(
+        wl,
+        "items/s (warm pool)",
+        f"{fmt_rate(median(rates['parmap']))} ({median(vs_pool):.2f}x mp.Pool.map)",
+        "≥ 1.0x mp.Pool.map of the same partial",
+        judged(median(vs_pool) >= 1.0),
+        peers={POOL: fmt_rate(median(rates[POOL]))},
+    )
+    ctx.row(
+        wl,
+        "ratio to the same map with an 8-byte partial",
+        f"{median(vs_small):.2f}x",
+        "(was 1/44 when the function counted as its first item's size)",
+        "info",
+        reference=f"8-byte partial: {fmt_rate(median(rates['parmap small']))}",
     )
 
 
@@ -1183,6 +1303,8 @@ WORKLOADS: dict[str, Callable[[Ctx], None]] = {
     "throughput": bench_throughput,
     "throughput_timeout": bench_throughput_timeout,
     "throughput_memory": bench_throughput_memory,
+    "explicit_chunks": bench_explicit_chunks,
+    "big_function": bench_big_function,
     "stats_cost": bench_stats_cost,
     "cpu": bench_cpu,
     "memory": bench_memory,
@@ -1195,6 +1317,7 @@ WORKLOADS: dict[str, Callable[[Ctx], None]] = {
     "checkpoint": bench_checkpoint,
 }
 WORKLOADS.update(data.WORKLOADS)
+WORKLOADS.update(real.WORKLOADS)
 
 
 # --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from dataclasses import FrozenInstanceError
 import pytest
 
 from parmap import MapResult, Outcome, RemoteError, TaskTimeoutError, WorkerCrashedError
-from parmap._results import mark_index, rebuild_error
+from parmap._results import mark_index, outcome, rebuild_error
 from parmap._worker import encode_error
 
 from . import jobs
@@ -175,3 +175,12 @@ def test_a_frozen_exception_survives_tblibs_reducers() -> None:
         [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.strip() == "FrozenBareError", out.stderr
+
+
+def test_the_fast_outcome_is_an_outcome_like_any_other() -> None:
+    made = outcome(3, "x")
+    assert type(made) is Outcome and made == Outcome(3, "x") and hash(made) == hash(Outcome(3, "x"))
+    assert outcome(4, None, KeyError("k")).ok is False
+    with pytest.raises(FrozenInstanceError):
+        made.index = 5  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(made)) == made

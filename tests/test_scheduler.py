@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import pytest
 
 from parmap import TaskTimeoutError, WorkerCrashedError
-from parmap._options import MapConfig
+from parmap._backends.process import ProcessBackend
+from parmap._options import MapConfig, PoolConfig
+from parmap._pickling import dump_function
 from parmap._scheduler import (
     ITEM_TIMES_KEPT,
     MAX_STARTUP_FAILURES,
     MAX_WINDOW_ITEMS,
     POLL_SECONDS,
+    WINDOW_CHUNKS,
     ChunkMessage,
     Job,
     Kill,
@@ -23,6 +27,7 @@ from parmap._scheduler import (
     Send,
     Spawn,
 )
+from parmap._wire import Encoded
 
 from .checks import sent
 
@@ -157,6 +162,28 @@ def test_chunks_grow_once_items_prove_fast() -> None:
     assert h.chunks[0] == [0]  # unknown speed: one item first
     h.report(0, [0])  # busy 1 ms for one item -> ~20 items per 20 ms chunk
     assert len(h.chunks[0]) > 1
+
+
+def test_a_big_function_does_not_make_its_items_count_as_big() -> None:
+    # Issue 19: the 8 MB the first chunk carries for the function once must
+    # not count as the weight of its one item, or every chunk after it would
+    # hold one item (MAX_CHUNK_BYTES / 8 MB < 1). Real encoding, no processes.
+    backend = ProcessBackend(PoolConfig(workers=1, start_method="fork"))
+    sched = Scheduler(1, encode=backend.encode, beacon=lambda wid: (0, None))
+    fn = dump_function(partial(max, b"x" * (8 << 20)), "fork")
+    job = sched.new_job(MapConfig(), fn_payload=fn, star=False, ordered=False, total=None)
+    sched.feed(job, list(range(20_000)), 0.0)
+    sched.end_input(job)
+    first = [c for c in sched.take_commands() if isinstance(c, Send)]
+    assert (
+        len(first) == 1 and len(cast(Encoded, first[0].payload).body) > 8 << 20
+    )  # it does carry the function
+    sched.on_batch(0, [0], None, busy=1e-6, now=0.001)
+    second = [c for c in sched.take_commands() if isinstance(c, Send)]
+    slot = sched.slots[0]
+    assert len(second) == 1 and slot.chunk is not None
+    assert len(slot.chunk.args) > 1_000
+    assert len(cast(Encoded, second[0].payload).body) < 1 << 20  # and it alone
 
 
 def test_buffer_bounds_how_much_input_is_pulled_ahead_of_the_consumer() -> None:
@@ -385,8 +412,9 @@ def test_an_explicit_chunksize_keeps_the_read_ahead_window_within_the_cap(
 ) -> None:
     h = Harness(workers=workers)
     job = h.job(chunksize=chunksize)
+    cap = MAX_WINDOW_ITEMS // (2 * workers)  # what an explicit chunksize is cut to
     window = h.sched.want(job)
-    assert window == min(2 * workers * chunksize, MAX_WINDOW_ITEMS)
+    assert window == min(WINDOW_CHUNKS * workers * min(chunksize, cap), MAX_WINDOW_ITEMS)
     h.sched.feed(job, list(range(window)), h.now)
     h.flush()
     # Every worker still gets a chunk of its own.
@@ -599,3 +627,27 @@ def test_events_for_a_worker_already_gone_change_nothing() -> None:
     assert h.flush() == []
     assert (dict(h.sched.slots), job.error, list(job.pending)) == before
     assert h.sched.broken is None
+
+
+def test_chunks_shrink_at_the_tail_so_slow_last_items_are_shared() -> None:
+    # Issue 19: 392 items of 0.1 ms, then 8 that each take 0.5 s. Chunks sized on
+    # the tiny ones alone would give one worker all 8 (4 s) while the other
+    # idles; near the end chunks hold at most a share of what is left.
+    h = Harness(workers=2)
+    job = h.job(range(400))
+    busy: dict[int, float] = {0: 0.0, 1: 0.0}  # each worker's fake clock
+    sizes: list[int] = []
+    for _ in range(1000):
+        if not h.chunks:
+            break
+        wid = min(h.chunks, key=lambda w: busy[w])  # the one that finishes first
+        chunk = h.chunks[wid]
+        sizes.append(len(chunk))
+        costs = [0.5 if x >= 392 else 1e-4 for x in chunk]
+        busy[wid] += sum(costs)
+        h.now = busy[wid]
+        h.report(wid, list(chunk), per_item=sum(costs) / len(chunk))
+    values, errors = drain(job)
+    assert values == list(range(400)) and not errors
+    assert max(sizes) > 50  # the tiny items still went in big chunks
+    assert abs(busy[0] - busy[1]) <= 0.5 + 1e-3  # 4 s of slow items: at most one apart

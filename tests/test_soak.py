@@ -117,7 +117,9 @@ def test_maps_that_fail_time_out_and_crash_leave_nothing_behind() -> None:
         with Pool(workers=3) as pool:
             res = pool.pmap(jobs.hard_chaos, range(6), plan, timeout=0.2, on_error="collect")
             assert sorted(res.errors) == [1, 2, 3, 4]
-            with pytest.raises(RuntimeError, match=r"item [14]"):
+            # Whichever fast failure comes first (the raise, the SIGKILL or
+            # the exit) stops the map: that depends on how items are chunked.
+            with pytest.raises(RuntimeError, match=r"item [134]"):
                 pool.pmap(jobs.hard_chaos, range(6), plan, timeout=0.2)
             for out in imap(jobs.square, range(10**9), workers=2):
                 if out.index >= 5:

@@ -146,7 +146,8 @@ class _Call:
 
     def iterator(self, pool: Pool | None = None) -> MapIterator[Any]:
         """``stream()`` with ``.stats``; closes ``pool`` (a temporary one) at the end."""
-        return MapIterator(_closing(self.stream(), pool), self.stats)
+        stream = self.stream() if pool is None else _closing(self.stream(), pool)
+        return MapIterator(stream, self.stats)
 
     def aiterator(self, pool: Pool | None = None) -> AsyncMapIterator[Any]:
         """``astream()`` with ``.stats``; closes ``pool`` (a temporary one) at the end."""

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from ._engine import Engine
 from ._progress import Progress
-from ._results import Outcome
+from ._results import Outcome, outcome
 from ._resume import Resume
 from ._scheduler import Job, Segment
 from ._stats import cpu
@@ -256,12 +256,12 @@ def outcomes(segments: Iterable[Segment]) -> Iterator[Outcome[Any]]:
     """Expand segments into one ``Outcome`` per input."""
     for start, values, errors in segments:
         if errors is None:
-            for index, value in enumerate(values, start):
-                yield Outcome(index, value)
+            # No Python loop per item: map builds them.
+            yield from map(outcome, range(start, start + len(values)), values)
         else:
             for index, value in enumerate(values, start):
                 error = errors.get(index)
-                yield Outcome(index, None, error) if error is not None else Outcome(index, value)
+                yield outcome(index, None, error) if error is not None else outcome(index, value)
 
 
 def collect(

@@ -17,12 +17,13 @@ class MapIterator(Generator[Outcome[T], None, None]):
     once the iterator is exhausted, or ended by the map's error (``None``
     before, and after leaving it early)."""
 
-    __slots__ = ("_inner", "_source", "_stats")
+    __slots__ = ("_inner", "_next", "_source", "_stats")
 
     def __init__(
         self, inner: Generator[Outcome[T], None, None], source: Callable[[], MapStats | None]
     ) -> None:
         self._inner = inner
+        self._next = inner.__next__
         self._source: Callable[[], MapStats | None] | None = source
         self._stats: MapStats | None = None
 
@@ -35,6 +36,14 @@ class MapIterator(Generator[Outcome[T], None, None]):
         if self._source is not None:
             self._stats = self._source()
             self._source = None  # it holds the map's inputs
+
+    def __next__(self) -> Outcome[T]:
+        """The next outcome (one call per item: not through ``send``)."""
+        try:
+            return self._next()
+        except BaseException:
+            self._finish()
+            raise
 
     def send(self, value: None) -> Outcome[T]:
         """Resume the map; the next outcome."""

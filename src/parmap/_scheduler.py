@@ -88,6 +88,11 @@ MAX_CHUNK_ITEMS = 16_384
 #: consumed): a map of millions of tiny items must not buffer hundreds of
 #: thousands of them. Chunks shrink so that every worker still gets two.
 MAX_WINDOW_ITEMS = 65_536
+#: Chunks per worker a map without ``buffer`` pulls ahead (within the cap):
+#: one running, one queued behind it (prefetch), and one waiting in the
+#: parent, so that a worker's queue is refilled as soon as its outcomes
+#: arrive, not only once the consumer has taken them.
+WINDOW_CHUNKS = 3
 #: Consecutive workers that may die before reporting ready before the pool
 #: is declared broken (rather than respawning forever).
 MAX_STARTUP_FAILURES = 3
@@ -108,6 +113,11 @@ GENERIC_ERRORS: tuple[type[BaseException], ...] = (BaseException, Exception, OSE
 #: chunk of such items out of balance.
 PREFETCH_ITEM_SECONDS = 0.001
 FIRST_CHUNK_ITEMS = 1024
+#: Once a map's input is all known, a chunk with automatic size takes at most
+#: ``1 / (TAIL_SHARES * workers)`` of what is left to send.
+TAIL_SHARES = 2
+#: ... but it keeps at least this much estimated work.
+TAIL_FLOOR_SECONDS = 0.0001
 #: When a deadline passes but the beacon shows no item running, look again
 #: after this long.
 RECHECK_SECONDS = 0.02
@@ -526,7 +536,8 @@ class Scheduler:
             return 0
         window = job.config.buffer
         if window is None:
-            window = max(4, 2 * self.workers * self._chunksize(job, cap_by_total=False))
+            chunks = WINDOW_CHUNKS * self.workers * self._chunksize(job, cap_by_total=False)
+            window = max(4, min(chunks, MAX_WINDOW_ITEMS))
         return max(0, window - (job.pulled - job.consumed))
 
     def feed(self, job: Job, args: list[Any], now: float) -> None:
@@ -685,6 +696,17 @@ class Scheduler:
                 # still has a queue when the others run dry.
                 left = sum(len(r) for r in job.pending)
                 size = min(size, max(FIRST_CHUNK_ITEMS, left // (2 * self.workers)))
+        if size > 1 and job.exhausted and job.config.chunksize is None:
+            # The tail of the map (all its input is known): never more than
+            # a share of what is left (guided scheduling), so that a chunk
+            # that turns out slow, its items costing more than the estimate
+            # made from earlier ones, leaves no other worker idle for long.
+            # (Not below about a round trip's worth of work: that would cost
+            # more than the balance can save.)
+            left = sum(len(r) for r in job.pending)
+            floor = TAIL_FLOOR_SECONDS / max(job.item_time or 0.0, 1e-9)
+            share = -(-left // (TAIL_SHARES * self.workers))
+            size = min(size, max(share, math.ceil(floor)))
         size = min(size, len(run))
         args = run.args[run.offset : run.offset + size]
         start = run.start + run.offset
