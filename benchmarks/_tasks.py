@@ -139,7 +139,7 @@ def array_full_split(size: int, value: int) -> tuple[float, float]:
     fd = os.memfd_create("bench", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, arr.nbytes)
-        view = memoryview(arr).cast("B")
+        view = arr.data.cast("B")
         offset = 0
         while offset < arr.nbytes:
             offset += os.pwrite(fd, view[offset:], offset)
