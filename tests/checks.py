@@ -3,14 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
+
+import pytest
 
 from parmap import MapResult
 from parmap._scheduler import ChunkMessage, Send
 
 T = TypeVar("T")
+
+#: The repository's root: subprocesses run there, so ``-m tests.x`` works.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_limited(
+    command: Sequence[str], *, limit: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` from the repository's root; if it outlives ``limit`` seconds, fail.
+
+    This is how a case that could hang runs: a hang fails its test, with what
+    the case had printed so far, instead of stalling the suite.
+    """
+    try:
+        return subprocess.run(
+            list(command), cwd=ROOT, capture_output=True, text=True, timeout=limit, env=env
+        )
+    except subprocess.TimeoutExpired as exc:
+
+        def text(out: str | bytes | None) -> str:
+            return out.decode(errors="replace") if isinstance(out, bytes) else out or ""
+
+        pytest.fail(
+            f"{' '.join(os.path.basename(str(c)) for c in command[1:])} hung for {limit} s\n"
+            f"stdout:\n{text(exc.stdout)}\nstderr:\n{text(exc.stderr)}"
+        )
 
 
 def eventually(

@@ -19,7 +19,7 @@ from parmap import TaskTimeoutError, WorkerCrashedError, imap, pmap
 from parmap._options import StartMethod
 
 from . import attack_jobs
-from .checks import eventually
+from .checks import eventually, run_limited
 from .procs import pid_running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,17 +155,7 @@ ATTACK = Path(__file__).resolve().parent / "scripts" / "attack_parent.py"
 def test_attack_scenario(scenario: str) -> None:
     """Each runs in a process of its own; a hang is caught by the time limit."""
     env = {**os.environ, "PARMAP_START_TIMEOUT": "3"}
-    try:
-        out = subprocess.run(
-            [sys.executable, str(ATTACK), scenario],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=90,
-            env=env,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{scenario} hung: {exc.stdout!r} {exc.stderr!r}")
+    out = run_limited([sys.executable, str(ATTACK), scenario], limit=90, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
 
 
@@ -182,16 +172,7 @@ def test_a_storm_of_ctrl_c_neither_hangs_the_parent_nor_leaves_a_worker(
     scenario: str, caught: bool
 ) -> None:
     """SIGINT every 0.5 ms for a second while workers are killed (issue 12)."""
-    try:
-        out = subprocess.run(
-            [sys.executable, str(ATTACK), scenario],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{scenario} hung: {exc.stdout!r} {exc.stderr!r}")
+    out = run_limited([sys.executable, str(ATTACK), scenario], limit=60)
     lines = out.stdout.splitlines()
     pids = [int(pid) for line in lines if line.startswith("pids ") for pid in line.split()[1:]]
     assert pids and len(pids) % 4 == 0, out.stdout + out.stderr

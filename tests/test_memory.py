@@ -32,7 +32,7 @@ from parmap._options import MapConfig, PoolConfig
 from parmap._scheduler import MEMORY_POLL_SECONDS, Kill, Retire, Scheduler, Send, Spawn
 
 from . import memory_cases as cases
-from .checks import sent
+from .checks import run_limited, sent
 from .test_scheduler import Harness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,16 +41,7 @@ MB = 1000**2
 
 def run_case(*args: str, limit: float = 120) -> dict[str, Any]:
     """Run a case of ``tests.memory_cases`` in a subprocess; a hang fails the test."""
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tests.memory_cases", *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=limit,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"case {args} hung for {limit} s: {exc.stderr!r}")
+    proc = run_limited([sys.executable, "-m", "tests.memory_cases", *args], limit=limit)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     outcome: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert outcome["leftover"] == [], "a worker outlived its map"

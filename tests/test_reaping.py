@@ -6,26 +6,14 @@ with a hard time limit; see ``reap_cases``.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from .checks import run_limited
 
 
 def _run(scenario: str, folder: Path) -> list[str]:
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "tests.reap_cases", scenario, str(folder)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{scenario} hung: {exc.stdout!r} {exc.stderr!r}")
+    out = run_limited([sys.executable, "-m", "tests.reap_cases", scenario, str(folder)], limit=60)
     words = out.stdout.split()
     assert out.returncode == 0 and words[:1] == ["ok"], out.stdout + out.stderr
     return words[1:]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -21,6 +20,7 @@ from parmap._stats import MEMORY, OK, RAISED, TIMED_OUT, Bar, failure_kind
 from parmap._timeline import WIDTH, render
 
 from . import stats_cases
+from .checks import run_limited
 from .test_cli import records, run_cli
 
 ROOT = Path(__file__).parent.parent
@@ -31,16 +31,7 @@ SVG = stats_cases.SVG
 def run_case(case: str, tmp_path: Path) -> dict[str, Any]:
     """Run one case of ``tests.stats_cases``; a hang fails the test."""
     svg = tmp_path / f"{case}.svg"
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tests.stats_cases", case, str(svg)],
-            capture_output=True,
-            text=True,
-            timeout=LIMIT,
-            cwd=ROOT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"case {case} hung: {exc.stdout!r} {exc.stderr!r}")
+    proc = run_limited([sys.executable, "-m", "tests.stats_cases", case, str(svg)], limit=LIMIT)
     assert proc.returncode == 0, proc.stderr
     report: dict[str, Any] = json.loads(proc.stdout)
     ET.parse(svg)  # the picture is well-formed XML

@@ -26,7 +26,7 @@ from parmap import Pool, pmap
 from parmap._wire import HEADER, Inbox, Outbox
 
 from . import transport_cases as cases
-from .checks import eventually
+from .checks import eventually, run_limited
 from .procs import pid_running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,17 +39,7 @@ REPRESENTATIVE = {
 
 def run_cases(*args: str, limit: float) -> subprocess.CompletedProcess[str]:
     """Run ``tests.transport_cases`` in a subprocess; a hang fails the test."""
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tests.transport_cases", *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=limit,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout
-        pytest.fail(f"hung after {limit} s; finished cases:\n{out}")
+    proc = run_limited([sys.executable, "-m", "tests.transport_cases", *args], limit=limit)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -161,12 +151,18 @@ def test_nothing_is_left_open_under_spawn(start_method: str) -> None:
     run_cases("leaks", start_method, limit=150)
 
 
-def _processes_holding_segments() -> list[int]:
+def _processes_holding_segments(session: int) -> list[int]:
+    """Processes of ``session`` that hold or map a parmap segment.
+
+    (Only that session's: other test runs on the machine have segments too.)
+    """
     holders = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
+            if os.getsid(int(pid)) != session:
+                continue
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 if "memfd:parmap" in os.readlink(f"/proc/{pid}/fd/{fd}"):
                     holders.append(int(pid))
@@ -183,12 +179,15 @@ def _processes_holding_segments() -> list[int]:
 def test_a_killed_parent_leaves_no_segment_behind(tmp_path: Path) -> None:
     marker = tmp_path / "pid"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.transport_cases", "hold", str(marker)], cwd=ROOT
+        [sys.executable, "-m", "tests.transport_cases", "hold", str(marker)],
+        cwd=ROOT,
+        start_new_session=True,
     )
     try:
         eventually(marker.exists, within=60, message="the holder never started", every=0.05)
         time.sleep(0.5)  # the workers have their arrays mapped by now
-        workers = [int(p) for p in _processes_holding_segments() if int(p) != proc.pid]
+        workers = [p for p in _processes_holding_segments(proc.pid) if p != proc.pid]
+        assert workers, "no worker holds a segment"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         eventually(
@@ -197,7 +196,7 @@ def test_a_killed_parent_leaves_no_segment_behind(tmp_path: Path) -> None:
             message=lambda: f"workers still alive: {[p for p in workers if pid_running(p)]}",
             every=0.05,
         )
-        assert _processes_holding_segments() == []
+        assert _processes_holding_segments(proc.pid) == []
         assert not [name for name in os.listdir("/dev/shm") if "parmap" in name]
     finally:
         if proc.poll() is None:
