@@ -153,10 +153,14 @@ def test_a_worker_keeps_a_broadcast_mapping_until_a_task_writes_to_it() -> None:
     assert [present for present, _ in res] == [0, pages, pages, 0, pages, pages]
 
 
-def test_an_idle_worker_keeps_no_mapping_after_the_map() -> None:
+@pytest.mark.parametrize("bound", [False, True], ids=["argument", "bound"])
+def test_an_idle_worker_keeps_no_mapping_after_the_map(bound: bool) -> None:
     big = np.arange(1 << 20, dtype=np.float64)
     with Pool(workers=1) as pool:
-        res = pool.pmap(cases.pid_and_segments, [big] * 4, chunksize=1).unwrap()
+        if bound:  # the function's own segment, cached with the function
+            res = pool.pmap(partial(cases.pid_and_segments, big), range(4), chunksize=1).unwrap()
+        else:
+            res = pool.pmap(cases.pid_and_segments, [big] * 4, chunksize=1).unwrap()
         (pid,) = {pid for pid, _ in res}
         assert len({i for _, segs in res for i in segs}) == 1
         # The worker waits for work now: it must hold neither a mapping of

@@ -144,7 +144,7 @@ def present_then_sum(arr: np.ndarray, write: bool) -> tuple[int, float]:
     return present, total
 
 
-def pid_and_segments(arr: np.ndarray) -> tuple[int, list[int]]:
+def pid_and_segments(arr: np.ndarray, _: Any = None) -> tuple[int, list[int]]:
     return os.getpid(), mapped_segments()
 
 

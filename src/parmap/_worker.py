@@ -11,8 +11,9 @@ one pickled tuple, large buffers travel beside it in shared memory, see
   the map has a timeout (the watch thread then dates its items);
   ``threshold`` is the map's ``shared_memory_threshold`` for results. The
   arguments are pickled on their own. An empty body means stop; ``RELEASE``
-  followed by a job id says that map is over (the worker lets go of the
-  segment mappings it kept for the map's next chunk, ``_shm.MappingCache``).
+  followed by a job id says that map is over (the worker lets go of its
+  function and of the segment mappings it kept for the map's next chunk,
+  ``_shm.MappingCache``).
   A worker may be sent its next chunk while it runs one: it runs them in order.
 * worker → parent: ``(READY,)`` once started; ``(INIT_FAILED, error)`` if the
   initializer raised; ``(BATCH, values, errors, pickled, busy, slices)`` with
@@ -419,7 +420,10 @@ class _Worker:
             if not body:
                 return
             if body.startswith(RELEASE):
-                mappings.release(int(body[len(RELEASE) :]))
+                # Its function too: one bound to a large array holds a mapping.
+                over = int(body[len(RELEASE) :])
+                functions.pop(over, None)
+                mappings.release(over)
                 continue
             try:
                 job_id, function, star, timed, threshold, args, refs = pickle.loads(body)
@@ -444,7 +448,7 @@ class _Worker:
             if timed:
                 self.nudge()
             started = self._run_chunk(fn, star, chunk, started)
-            del chunk
+            del chunk, fn  # an idle worker holds neither (see RELEASE)
             self.timed = False
             with self.lock:
                 self.flush()
