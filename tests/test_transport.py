@@ -7,6 +7,7 @@ Cases that could hang run in a subprocess with a hard time limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import os
 import signal
@@ -130,6 +131,38 @@ def test_the_same_array_in_every_item_is_put_in_shared_memory_once() -> None:
     assert len(seen) == 1, seen
 
 
+def test_a_worker_keeps_a_broadcast_mapping_until_a_task_writes_to_it() -> None:
+    big = np.arange(1 << 20, dtype=np.float64)  # 8 MB: kept mapped between chunks
+    writes = [False, False, True, False, False, False]
+    res = pmap(cases.present_then_sum, [big] * 6, writes, workers=1, chunksize=1).unwrap()
+    # Item 3 does not see what item 2 wrote into its input.
+    assert [total for _, total in res] == [float(big.sum())] * 6
+    # Each chunk got the last one's mapping, its pages in memory already,
+    # except the first and the one after the write, which got new ones.
+    pages = big.nbytes // mmap.PAGESIZE
+    assert [present for present, _ in res] == [0, pages, pages, 0, pages, pages]
+
+
+@pytest.mark.parametrize("bound", [False, True], ids=["argument", "bound"])
+def test_an_idle_worker_keeps_no_mapping_after_the_map(bound: bool) -> None:
+    big = np.arange(1 << 20, dtype=np.float64)
+    with Pool(workers=1) as pool:
+        if bound:  # the function's own segment, cached with the function
+            res = pool.pmap(partial(cases.pid_and_segments, big), range(4), chunksize=1).unwrap()
+        else:
+            res = pool.pmap(cases.pid_and_segments, [big] * 4, chunksize=1).unwrap()
+        (pid,) = {pid for pid, _ in res}
+        assert len({i for _, segs in res for i in segs}) == 1
+        # The worker waits for work now: it must hold neither a mapping of
+        # the segment nor (before Python 3.13, through one) its descriptor.
+        eventually(
+            lambda: not _segments_held_by(pid),
+            within=10,
+            message=lambda: f"worker {pid} still holds {_segments_held_by(pid)}",
+            every=0.02,
+        )
+
+
 def test_an_array_changed_between_chunks_is_sent_again() -> None:
     buf = np.zeros(2_000_000, dtype=np.float64)
 
@@ -151,28 +184,30 @@ def test_nothing_is_left_open_under_spawn(start_method: str) -> None:
     run_cases("leaks", start_method, limit=150)
 
 
+def _segments_held_by(pid: int) -> list[str]:
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if "memfd:parmap" in (target := os.readlink(f"/proc/{pid}/fd/{fd}")):
+                held.append(target)
+    with open(f"/proc/{pid}/maps") as maps:
+        held += [line.strip() for line in maps if "memfd:parmap" in line]
+    return held
+
+
 def _processes_holding_segments(session: int) -> list[int]:
     """Processes of ``session`` that hold or map a parmap segment.
 
     (Only that session's: other test runs on the machine have segments too.)
     """
     holders = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
-        try:
-            if os.getsid(int(pid)) != session:
-                continue
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                if "memfd:parmap" in os.readlink(f"/proc/{pid}/fd/{fd}"):
-                    holders.append(int(pid))
-                    break
-            with open(f"/proc/{pid}/maps") as maps:
-                if "memfd:parmap" in maps.read():
-                    holders.append(int(pid))
-        except OSError:
-            continue
-    return sorted(set(holders))
+        with contextlib.suppress(OSError):
+            if os.getsid(int(name)) == session and _segments_held_by(int(name)):
+                holders.append(int(name))
+    return sorted(holders)
 
 
 @pytest.mark.allow_leftover

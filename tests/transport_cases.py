@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import mmap
 import os
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -121,6 +123,29 @@ def mapped_segments(_: Any = None) -> list[int]:
             if "memfd:parmap" in line:
                 inodes.add(int(line.split()[4]))
     return sorted(inodes)
+
+
+def pages_present(arr: np.ndarray) -> int:
+    """How many pages of ``arr`` this process has in memory already (pagemap)."""
+    start = arr.__array_interface__["data"][0]
+    first, last = start // mmap.PAGESIZE, (start + arr.nbytes - 1) // mmap.PAGESIZE
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(first * 8)
+        data = f.read((last - first + 1) * 8)
+    return sum(entry >> 63 for (entry,) in struct.iter_unpack("<Q", data))
+
+
+def present_then_sum(arr: np.ndarray, write: bool) -> tuple[int, float]:
+    """The pages of ``arr`` present on arrival and its sum; then maybe write one element."""
+    present = pages_present(arr)
+    total = float(arr.sum())
+    if write:
+        arr[len(arr) // 2 + 1] = -1.0
+    return present, total
+
+
+def pid_and_segments(arr: np.ndarray, _: Any = None) -> tuple[int, list[int]]:
+    return os.getpid(), mapped_segments()
 
 
 def first_value_and_segments(big: np.ndarray, i: int) -> tuple[float, list[int]]:

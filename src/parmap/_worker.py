@@ -10,8 +10,11 @@ one pickled tuple, large buffers travel beside it in shared memory, see
   descriptors are its own, the rest belong to the arguments. ``timed`` says
   the map has a timeout (the watch thread then dates its items);
   ``threshold`` is the map's ``shared_memory_threshold`` for results. The
-  arguments are pickled on their own. An empty body means stop. A worker may
-  be sent its next chunk while it runs one: it runs them in order.
+  arguments are pickled on their own. An empty body means stop; ``RELEASE``
+  followed by a job id says that map is over (the worker lets go of its
+  function and of the segment mappings it kept for the map's next chunk,
+  ``_shm.MappingCache``).
+  A worker may be sent its next chunk while it runs one: it runs them in order.
 * worker → parent: ``(READY,)`` once started; ``(INIT_FAILED, error)`` if the
   initializer raised; ``(BATCH, values, errors, pickled, busy, slices)`` with
   the next outcomes of the current chunk, in order (values at the positions in
@@ -58,6 +61,8 @@ STAMP_SECONDS = 0.005
 #: The longest it sleeps while nothing changes (one long item, or no work).
 QUIET_SECONDS = 0.5
 PROTOCOL = 5
+#: The body of "map ``job_id`` is over" starts with this (a pickle never does).
+RELEASE = b"release "
 #: A worker runs its chunk in slices that take about this long.
 SLICE_SECONDS = 0.001
 MAX_SLICE = 4096
@@ -407,19 +412,28 @@ class _Worker:
         started = 0
         inbox = Inbox()
         frames: list[Frame] = []
+        mappings = _shm.MappingCache()
         while True:
             if not frames and not _sockio.receive(self.sock, inbox, frames):
                 return
             body, fds = frames.pop(0)
             if not body:
                 return
+            if body.startswith(RELEASE):
+                # Its function too: one bound to a large array holds a mapping.
+                over = int(body[len(RELEASE) :])
+                functions.pop(over, None)
+                mappings.release(over)
+                continue
             try:
                 job_id, function, star, timed, threshold, args, refs = pickle.loads(body)
-                maps = _shm.map_segments(fds)
+                maps = mappings.map_segments(fds, job_id)
                 fds = []
                 own = 0 if function is None else function[2]
                 fn = self._function(functions, job_id, function, maps[:own], preload)
                 chunk = _shm.loads(args, refs, maps[own:])
+                # What needs a mapping holds it now; an idle worker must not.
+                del maps
             except BaseException as exc:
                 for fd in fds:
                     os.close(fd)
@@ -434,7 +448,7 @@ class _Worker:
             if timed:
                 self.nudge()
             started = self._run_chunk(fn, star, chunk, started)
-            del chunk
+            del chunk, fn  # an idle worker holds neither (see RELEASE)
             self.timed = False
             with self.lock:
                 self.flush()

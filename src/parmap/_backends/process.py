@@ -47,6 +47,7 @@ from .._worker import (
     INIT_FAILED,
     PROTOCOL,
     READY,
+    RELEASE,
     UNDECODABLE,
     Beacon,
     decode_batch,
@@ -172,6 +173,9 @@ class ProcessBackend:
         self._dying: dict[Waitable, _Dying] = {}  # by exit descriptor
         # Buffers each running map already put in shared memory.
         self._broadcasts: dict[int, _shm.Broadcast] = {}
+        # Maps that sent segments: their end is told to the workers, which
+        # keep mappings for the next chunk (``_shm.MappingCache``).
+        self._shared: set[int] = set()
         self.on_discard: Callable[[list[Waitable]], None] = lambda waitables: None
         self._oom = OomWatch()  # names the OOM killer in a SIGKILL nobody sent
 
@@ -196,13 +200,22 @@ class ProcessBackend:
             function = (pickled.data, pickled.refs, len(pickled.segments))
             segments = pickled.segments + segments
         body = pickle.dumps((job_id, function, star, timed, threshold, data, refs), PROTOCOL)
+        if segments:
+            self._shared.add(job_id)
         return Encoded(body, segments, weight)
 
     def forget(self, job_id: int) -> None:
-        """A map is over: let go of the buffers it shared."""
+        """A map is over: let go of the buffers it shared, and tell the workers."""
         broadcast = self._broadcasts.pop(job_id, None)
         if broadcast is not None:
             broadcast.clear()
+        if job_id in self._shared:
+            self._shared.discard(job_id)
+            release = RELEASE + str(job_id).encode()
+            for entry in self._procs.values():
+                if not entry.stopped:
+                    entry.outbox.put(release, [])
+                    self._write(entry)
 
     def spawn(self, wid: int) -> None:
         """Start worker ``wid``."""
@@ -403,6 +416,7 @@ class ProcessBackend:
         for wid in list(self._procs):
             self.kill(wid)
         self._broadcasts.clear()
+        self._shared.clear()
         retiring, self._retiring = self._retiring, []
         deadline = time.monotonic() + RETIRE_GRACE
         alive = [p for p in retiring if p.exitcode is None]
