@@ -162,9 +162,10 @@ def test_attack_scenario(scenario: str) -> None:
 @pytest.mark.parametrize(
     ("scenario", "caught"),
     [
-        ("sigint_storm_during_close", False),
+        # Two of the four by default (about 8 s each); all four with --soak.
+        pytest.param("sigint_storm_during_close", False, marks=pytest.mark.matrix),
         ("sigint_storm_during_close_retried", True),
-        ("sigint_storm_during_a_map", False),
+        pytest.param("sigint_storm_during_a_map", False, marks=pytest.mark.matrix),
         ("sigint_storm_during_a_memory_heavy_map", False),
     ],
 )
