@@ -97,12 +97,13 @@ def session_left(session: int, seconds: float) -> list[psutil.Process]:
 @pytest.mark.parametrize(
     ("death", "mode"),
     [
+        # One row per way of dying by default (about 6 s each); all with --soak.
         ("SIGKILL", "pmap"),
-        ("SIGKILL", "imap"),
-        ("SIGKILL", "apmap"),
-        ("SIGINT", "pmap"),
+        pytest.param("SIGKILL", "imap", marks=pytest.mark.matrix),
+        pytest.param("SIGKILL", "apmap", marks=pytest.mark.matrix),
+        pytest.param("SIGINT", "pmap", marks=pytest.mark.matrix),
         ("SIGINT", "apmap"),
-        ("input raises", "pmap"),
+        pytest.param("input raises", "pmap", marks=pytest.mark.matrix),
         ("input raises", "imap"),
     ],
 )

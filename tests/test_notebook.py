@@ -231,7 +231,14 @@ def _executor(method: str) -> str:
     )
 
 
-@pytest.mark.parametrize("method", [*METHODS, "forkserver"])
+@pytest.mark.parametrize(
+    "method",
+    # Under fork by default; spawn and forkserver (about 13 s each) with --soak.
+    [
+        m if m == "fork" else pytest.param(m, marks=pytest.mark.matrix)
+        for m in [*METHODS, "forkserver"]
+    ],
+)
 def test_shutdown_with_pools_open_is_as_fast_as_with_an_executor(
     method: str, tmp_path: Path
 ) -> None:
