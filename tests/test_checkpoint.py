@@ -94,6 +94,19 @@ def session_left(session: int, seconds: float) -> list[psutil.Process]:
 # promise 9: death and resumption
 
 
+def _start_parent(command: list[str], markers: Path) -> subprocess.Popen[str]:
+    """Start the parent process of a map that is to die, in a session of its own;
+    its workers leave a marker file in ``markers`` per finished input."""
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_with(**{cj.MARKERS_ENV: str(markers)}),
+        start_new_session=True,
+    )
+
+
 @pytest.mark.parametrize(
     ("death", "mode"),
     [
@@ -122,14 +135,7 @@ def test_a_map_that_dies_resumes_to_the_uninterrupted_result(
     command = [sys.executable, str(SCRIPT), str(ck), str(data), mode]
     if death == "input raises":
         command.append("1200")
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env_with(**{cj.MARKERS_ENV: str(first)}),
-        start_new_session=True,
-    )
+    proc = _start_parent(command, first)
     try:
         died_at = 0.0
         if death != "input raises":
@@ -644,14 +650,7 @@ def test_executor_map_killed_by_sigkill_resumes_to_the_uninterrupted_result(
     first.mkdir()
     second.mkdir()
     ck = tmp_path / "map.ckpt"
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(ck), str(data), "executor"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env_with(**{cj.MARKERS_ENV: str(first)}),
-        start_new_session=True,
-    )
+    proc = _start_parent([sys.executable, str(SCRIPT), str(ck), str(data), "executor"], first)
     try:
         deadline = time.monotonic() + 60
         # Far enough in that some work finished more than a second before.

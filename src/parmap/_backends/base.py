@@ -36,6 +36,19 @@ class Capabilities:
     #: The function workers already have without pickling, if any.
     preload: Callable[..., Any] | None
 
+    @classmethod
+    def in_this_process(cls, workers: int, preload: Callable[..., Any] | None) -> Capabilities:
+        """What a backend that runs items on this process's threads can do."""
+        return cls(
+            workers=workers,
+            can_kill=False,
+            item_beacon=True,
+            prefetch=False,
+            in_process=True,
+            start_method=None,
+            preload=preload,
+        )
+
 
 class Backend(Protocol):
     """The I/O side of a pool: carries out the scheduler's commands.

@@ -52,15 +52,7 @@ class SerialBackend(InProcessIO):
 
     def __init__(self, config: PoolConfig, *, preload: Callable[..., Any] | None = None) -> None:
         self._config = config
-        self.capabilities = Capabilities(
-            workers=1,
-            can_kill=False,
-            item_beacon=True,
-            prefetch=False,
-            in_process=True,
-            start_method=None,
-            preload=preload,
-        )
+        self.capabilities = Capabilities.in_this_process(1, preload)
         self._functions = LocalFunctions(preload)
         self._slots: dict[int, _Slot] = {}
         self._starting: list[int] = []

@@ -234,15 +234,7 @@ class ThreadBackend(InProcessIO):
 
     def __init__(self, config: PoolConfig, *, preload: Callable[..., Any] | None = None) -> None:
         self._config = config
-        self.capabilities = Capabilities(
-            workers=config.resolved_workers,
-            can_kill=False,
-            item_beacon=True,
-            prefetch=False,
-            in_process=True,
-            start_method=None,
-            preload=preload,
-        )
+        self.capabilities = Capabilities.in_this_process(config.resolved_workers, preload)
         self._functions = LocalFunctions(preload)
         self._mailbox = Mailbox()
         self._lanes: dict[int, _ThreadLane] = {}
