@@ -846,7 +846,7 @@ class Executor(cf.Executor):
             engine.sched.feed(job, args, time.monotonic())
         else:
             try:
-                resume.feed(engine.sched, job, args, time.monotonic())
+                resume.feed(engine, job, args, time.monotonic())
             except CheckpointError as exc:
                 self._fail_map(engine, run, exc)
                 return
