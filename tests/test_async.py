@@ -592,7 +592,7 @@ def test_async_map_does_not_break_an_imap_in_flight_in_another_thread(
     Fails today: ``Engine.attach`` refuses only while a thread holds the pump
     turn, but an ``imap`` in flight holds it only while it pumps. So the async
     map attaches, and the ``imap`` dies at its next step with ``PoolInUseError``;
-    its cleanup (``engine.finish`` under ``engine.turn()``) raises too, leaving
+    its cleanup (``engine.finish`` under ``engine.sync.turn()``) raises too, leaving
     its job in the scheduler.
     """
     with Pool(workers=2) as pool:

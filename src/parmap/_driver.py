@@ -1,11 +1,12 @@
 """Sync and async drivers: feed a job's input, pump the engine, hand out outcomes.
 
-Both drivers follow the same loop: take ready outcomes; if the job is
-finished, stop; otherwise pull as much input as the job's buffer allows and
-wait for the next event. They differ only in how they wait: the sync driver
-pumps the engine itself, the async one awaits an event that the engine's loop
-callbacks set. Leaving early (break, exception, cancellation, Ctrl-C) cancels
-the job, which kills the workers still running it.
+Both drivers run one loop (``Consumer.step``): take ready outcomes; if the
+job is finished, stop; otherwise read as much input as the job's buffer
+allows and wait for the next event. They differ only in how they wait: the
+sync driver pumps the engine itself (``_pump``), the async one awaits a
+future that the engine's loop callbacks resolve (``_attach``). Leaving
+early (break, exception, cancellation, Ctrl-C) cancels the job, which kills
+the workers still running it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
 from contextlib import suppress
+from enum import Enum
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -65,6 +67,77 @@ def _raise_error(job: Job) -> None:
         del error
 
 
+class Step(Enum):
+    """What a consumer loop does next when no segment is ready."""
+
+    INPUT = "input"  #: read more input (a plain iterable, read by the driver)
+    WAIT = "wait"  #: wait for the next event
+    DONE = "done"  #: the job is over (its error, if any, was raised)
+
+
+class Consumer:
+    """The loop both drivers run, without its waiting: ``step()`` gives the
+    next segment, or says to read input, to wait, or that the job is done."""
+
+    def __init__(
+        self, engine: Engine, progress: Progress, resume: Resume | None, *, reads_input: bool
+    ) -> None:
+        self.engine = engine
+        self.progress = progress
+        self.resume = resume
+        self.reads_input = reads_input
+        self.job: Job | None = None
+        self.completed = False
+        self._read = False  # input was read since the last segment
+
+    def start(self, new_job: Callable[[], Job]) -> Job:
+        """Make the job (starting workers is the parent's own time too)."""
+        started = cpu()
+        job = self.job = new_job()
+        if self.resume is not None:
+            self.resume.attach(job)
+        self.engine.execute()
+        job.stats.parent += cpu() - started
+        return job
+
+    def step(self) -> Segment | Step:
+        """The next segment, or what to do before there is one."""
+        job = self.job
+        assert job is not None
+        segment = job.take()
+        if segment is not None:
+            self._read = False
+            self.progress.update(job)
+            if self.resume is not None:
+                self.resume.before_yield()
+            return segment
+        if job.finished:
+            job.stats.ended = time.monotonic()
+            self.progress.update(job)
+            _raise_error(job)
+            self.completed = True
+            return Step.DONE
+        if self.reads_input and not self._read:
+            self._read = True
+            return Step.INPUT
+        self._read = False
+        return Step.WAIT
+
+    def read(self, source: Iterator[Any]) -> None:
+        """Read as much of ``source`` as the job takes now."""
+        assert self.job is not None
+        started = cpu()
+        _feed(self.engine, self.job, source, self.resume)
+        self.job.stats.parent += cpu() - started
+
+    def waited(self) -> None:
+        """Time passed: commit the checkpoint when due, move the bar."""
+        assert self.job is not None
+        if self.resume is not None:
+            self.resume.tick(time.monotonic())
+        self.progress.update(self.job)
+
+
 def iterate(
     engine: Engine,
     new_job: Callable[[], Job],
@@ -80,54 +153,50 @@ def iterate(
     map skips and records inputs through its checkpoint.
     """
     engine.begin_sync()
-    job: Job | None = None
-    completed = False
+    consumer = Consumer(engine, progress, resume, reads_input=True)
     try:
         if resume is not None:
             resume.open()  # before any worker starts: a bad file fails the map at once
-        with engine.turn():
+        with engine.sync.turn():
             engine.check_open()
-            started = cpu()
-            job = new_job()
-            if resume is not None:
-                resume.attach(job)
-            engine.execute()  # starting workers is the parent's own time too
-            job.stats.parent += cpu() - started
-        while True:
-            segment = job.take()
-            if segment is not None:
-                progress.update(job)
-                if resume is not None:
-                    resume.before_yield()
-                yield segment
+            consumer.start(new_job)
+        while (step := consumer.step()) is not Step.DONE:
+            if not isinstance(step, Step):
+                yield step
                 continue
-            if job.finished:
-                break
-            with engine.turn():
-                started = cpu()
-                _feed(engine, job, source, resume)
-                if not (job.ready or job.finished):
-                    engine.pump()
-                job.stats.parent += cpu() - started
-            if resume is not None:
-                resume.tick(time.monotonic())
-            progress.update(job)
-        job.stats.ended = time.monotonic()
-        progress.update(job)
-        _raise_error(job)
-        completed = True
+            with engine.sync.turn():
+                if step is Step.INPUT:
+                    consumer.read(source)
+                else:
+                    started = cpu()
+                    engine.sync.pump()
+                    consumer.job.stats.parent += cpu() - started  # type: ignore[union-attr]
+            consumer.waited()
+    finally:
+        _end(consumer, sync=True)
+
+
+def _end(consumer: Consumer, *, sync: bool) -> None:
+    # Whatever happened, the job goes (cancelled unless it completed), the
+    # checkpoint closes and the pool is let go of, each even if one fails.
+    engine, job = consumer.engine, consumer.job
+    try:
+        if job is not None:
+            if sync:
+                with engine.sync.turn():
+                    engine.finish(job, cancel=not consumer.completed, settle=True)
+            else:
+                engine.finish(job, cancel=not consumer.completed)
     finally:
         try:
-            if job is not None:
-                with engine.turn():
-                    engine.finish(job, cancel=not completed, settle=True)
+            if consumer.resume is not None:
+                consumer.resume.close(completed=consumer.completed)
         finally:
-            try:
-                if resume is not None:
-                    resume.close(completed=completed)
-            finally:
+            if sync:
                 engine.end_sync()
-                progress.close()
+            else:
+                engine.aio.detach()
+            consumer.progress.close()
 
 
 async def _feed_async(
@@ -141,7 +210,7 @@ async def _feed_async(
     try:
         while not job.closed:
             if engine.want(job) <= 0:
-                await engine.changed(job)
+                await engine.aio.changed(job)
                 continue
             try:
                 item = await anext(source)
@@ -165,7 +234,7 @@ async def _feed_async(
         if not isinstance(exc, Exception | asyncio.CancelledError):
             raise  # KeyboardInterrupt, SystemExit: the loop must see them too
     finally:
-        engine.notify(job)
+        engine.aio.notify(job)
 
 
 async def aiterate(
@@ -191,64 +260,50 @@ async def aiterate(
         if resume is not None:
             resume.close(completed=False)
         raise
-    completed = False
-    job: Job | None = None
+    reads = not isinstance(source, AsyncIterator)
+    consumer = Consumer(engine, progress, resume, reads_input=reads)
     feeder: asyncio.Task[None] | None = None
-    changed: asyncio.Future[None] | None = None
     try:
-        started = cpu()
-        job = new_job()
-        if resume is not None:
-            resume.attach(job)
-        engine.execute()  # starting workers is the parent's own time too
-        job.stats.parent += cpu() - started
+        job = consumer.start(new_job)
         if isinstance(source, AsyncIterator):
             feeder = loop.create_task(_feed_async(engine, job, source, resume))
-        while True:
-            segment = job.take()
-            if segment is not None:
-                engine.notify(job)  # room in the buffer: wake the feeder
-                progress.update(job)
-                if resume is not None:
-                    resume.before_yield()
-                yield segment
-                continue
-            if job.finished:
-                break
-            if feeder is None:
-                started = cpu()
-                _feed(engine, job, source, resume)  # type: ignore[arg-type]
-                job.stats.parent += cpu() - started
-                if job.ready or job.finished:
-                    continue
-            if resume is None:
-                await engine.changed(job)
-                continue
-            # Outcomes are journaled by loop callbacks that need not wake
-            # us (ordered maps hold them back): wake up to commit in time.
-            if changed is None or changed.done():
-                changed = engine.changed(job)
-            await asyncio.wait((changed,), timeout=resume.wait_timeout(time.monotonic()))
-            resume.tick(time.monotonic())
-        job.stats.ended = time.monotonic()
-        progress.update(job)
-        _raise_error(job)
-        completed = True
+        wait = _Waiter(engine, job, resume)
+        while (step := consumer.step()) is not Step.DONE:
+            if not isinstance(step, Step):
+                engine.aio.notify(job)  # room in the buffer: wake the feeder
+                yield step
+            elif step is Step.INPUT:
+                consumer.read(source)  # type: ignore[arg-type]
+            else:
+                await wait()
     finally:
         try:
             if feeder is not None and not feeder.done():
                 feeder.cancel()
                 with suppress(asyncio.CancelledError):
                     await feeder
-            if job is not None:
-                engine.finish(job, cancel=not completed)
         finally:
-            try:
-                if resume is not None:
-                    resume.close(completed=completed)
-            finally:
-                engine.detach()
-                progress.close()
+            _end(consumer, sync=False)
+
+
+class _Waiter:
+    """How an async map waits: for its job to change, and, with a checkpoint,
+    no longer than its next commit is due (outcomes are journaled by loop
+    callbacks that need not wake us: ordered maps hold them back)."""
+
+    def __init__(self, engine: Engine, job: Job, resume: Resume | None) -> None:
+        self.engine, self.job, self.resume = engine, job, resume
+        self._changed: asyncio.Future[None] | None = None
+
+    async def __call__(self) -> None:
+        resume = self.resume
+        if resume is None:
+            await self.engine.aio.changed(self.job)
+            return
+        if self._changed is None or self._changed.done():
+            self._changed = self.engine.aio.changed(self.job)
+        await asyncio.wait((self._changed,), timeout=resume.wait_timeout(time.monotonic()))
+        resume.tick(time.monotonic())
 
 
 def outcomes(segments: Iterable[Segment]) -> Iterator[Outcome[Any]]:

@@ -617,7 +617,7 @@ class Executor(cf.Executor):
             self._thread.start()
         elif self._phase == "pumping":
             assert self._engine is not None
-            self._engine.wake()
+            self._engine.sync.wake()
         elif self._phase == "idle":
             self._cv.notify()
         self._phase = "busy"
@@ -709,7 +709,7 @@ class Executor(cf.Executor):
                 return True
             self._phase = "pumping"
         try:
-            engine.pump()
+            engine.sync.pump()
         finally:
             with self._cv:
                 self._phase = "busy"

@@ -73,9 +73,9 @@ def close_all_pools() -> None:
     for engine in list(_engine._live_engines):
         if engine.closed:
             continue
-        loop = engine.loop
+        loop = engine.aio.loop
         if loop is None:
-            with engine.turn():
+            with engine.sync.turn():
                 engine.close()
         else:
             _close_on_loop(engine, loop)
