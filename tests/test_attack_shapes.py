@@ -32,7 +32,7 @@ from parmap import (
     parallel,
     pmap,
 )
-from parmap._api import ParallelFunction
+from parmap._parallel import ParallelFunction
 
 from . import jobs
 

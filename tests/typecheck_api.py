@@ -22,9 +22,9 @@ from parmap import (
     parallel,
     pmap,
 )
-from parmap._api import ParallelFunction
 from parmap._executor import ExecutorMapIterator
 from parmap._iterators import AsyncMapIterator, MapIterator
+from parmap._parallel import ParallelFunction
 
 
 @parallel

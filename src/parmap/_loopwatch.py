@@ -58,8 +58,8 @@ def make_watch(
     return ReaderWatch(loop, on_read, on_write)
 
 
-class ReaderWatch:
-    """Watch descriptors with ``loop.add_reader`` and ``loop.add_writer``."""
+class _Watch:
+    """What either watch is given: the loop, and whom to call for which readiness."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, on_read: Callback, on_write: Callback
@@ -67,6 +67,15 @@ class ReaderWatch:
         self._loop = loop
         self._on_read = on_read
         self._on_write = on_write
+
+
+class ReaderWatch(_Watch):
+    """Watch descriptors with ``loop.add_reader`` and ``loop.add_writer``."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_read: Callback, on_write: Callback
+    ) -> None:
+        super().__init__(loop, on_read, on_write)
         self._readers: dict[Waitable, int] = {}
         self._writers: dict[Waitable, int] = {}
 
@@ -103,15 +112,13 @@ class ReaderWatch:
         self.discard([*self._readers, *self._writers])
 
 
-class ThreadWatch:
+class ThreadWatch(_Watch):
     """Watch descriptors from a thread that only waits, for loops without ``add_reader``."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, on_read: Callback, on_write: Callback
     ) -> None:
-        self._loop = loop
-        self._on_read = on_read
-        self._on_write = on_write
+        super().__init__(loop, on_read, on_write)
         self._lock = threading.Lock()
         self._dups: dict[Waitable, int] = {}  # owned by the loop thread until retired
         self._readers: set[Waitable] = set()  # of ``_dups``, those watched for reading

@@ -58,7 +58,7 @@ class _ReferencePickler(pickle.Pickler):
         self.uses_main = False
 
     def reducer_override(self, obj: Any) -> Any:
-        from ._api import ParallelFunction  # _api imports this module
+        from ._parallel import ParallelFunction  # _parallel imports this module
 
         decorated = isinstance(obj, ParallelFunction)
         if (decorated or isinstance(obj, types.FunctionType | type)) and _from_main(obj):
