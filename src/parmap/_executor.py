@@ -35,6 +35,12 @@ Workers start from the pump thread, and forking a process that has threads
 can deadlock the child (Python 3.12 warns about it). So ``start_method=None``
 means ``"forkserver"`` where the platform's default is ``"fork"``, as it is
 by default from Python 3.14 on; an explicit ``"fork"`` is honoured.
+
+Layout: this module holds the public class and the consumer's side of
+``map``; ``_executor_link`` what the callers and the pump thread share (and
+the exit hook); ``_executor_pump`` the pump thread; ``_executor_runs`` the
+futures, tasks, batches and map runs it resolves; ``_executor_functions`` the
+payloads workers get and how tasks are batched.
 """
 
 from __future__ import annotations
@@ -224,14 +230,9 @@ class Executor(cf.Executor):
         source: Iterator[Any] = zip(*iterables, strict=False) if star else iter(iterables[0])
         resume = None if path is None else self._open_checkpoint(path, fn)
         try:
-            ahead = None if buffersize is None else buffersize * chunksize
-            first = list(source if ahead is None else itertools.islice(source, ahead))
-            exhausted = ahead is None or len(first) < ahead
-            run = _MapRun(
-                fn, chunksize, len(first) if ahead is None else None, star=star, resume=resume
+            run, waiting, exhausted = self._start_run(
+                fn, source, chunksize, buffersize, star=star, resume=resume
             )
-            waiting = deque(run.add(len(first)))
-            self._link.post_open(("map", run, (first, exhausted)))
         except BaseException:
             if resume is not None:
                 resume.close(completed=False)
@@ -297,6 +298,31 @@ class Executor(cf.Executor):
         resume = Resume(path, fn, eager=False, defer_warning=True)
         resume.open()  # in use, not ours, another function: raised before anything runs
         return resume
+
+    def _start_run(
+        self,
+        fn: Callable[..., Any],
+        source: Iterator[Any],
+        chunksize: int,
+        buffersize: int | None,
+        *,
+        star: bool,
+        resume: Resume | None,
+    ) -> tuple[_MapRun, deque[Future[Any]], bool]:
+        """Read the first inputs (all without ``buffersize``), hand the map to the pump thread.
+
+        Returns the map's run, the futures of the inputs read, and whether
+        ``source`` is exhausted.
+        """
+        ahead = None if buffersize is None else buffersize * chunksize
+        first = list(source if ahead is None else itertools.islice(source, ahead))
+        exhausted = ahead is None or len(first) < ahead
+        run = _MapRun(
+            fn, chunksize, len(first) if ahead is None else None, star=star, resume=resume
+        )
+        waiting = deque(run.add(len(first)))
+        self._link.post_open(("map", run, (first, exhausted)))
+        return run, waiting, exhausted
 
     def _results(
         self,
