@@ -103,38 +103,29 @@ def _add_input_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--unordered", action="store_true", help="write results as they complete")
 
 
+def _add_checked(
+    parser: argparse.ArgumentParser,
+    name: str,
+    kind: type[int] | type[float],
+    metavar: str,
+    text: str,
+) -> None:
+    """Add the option ``--name``, checked as the library checks ``name=``."""
+    parser.add_argument(f"--{name}", type=_checked(name, kind), metavar=metavar, help=text)
+
+
 def _add_map_arguments(run: argparse.ArgumentParser) -> None:
     """``parmap run``'s map options."""
-    run.add_argument(
-        "--workers",
-        type=_checked("workers", int),
-        metavar="N",
-        help="worker processes (default: CPUs)",
-    )
-    run.add_argument(
-        "--timeout",
-        type=_checked("timeout", float),
-        metavar="SECONDS",
-        help="seconds one item may run",
-    )
-    run.add_argument(
-        "--retries",
-        type=_checked("retries", int),
-        metavar="N",
-        help="extra attempts for an item that raised",
-    )
+    _add_checked(run, "workers", int, "N", "worker processes (default: CPUs)")
+    _add_checked(run, "timeout", float, "SECONDS", "seconds one item may run")
+    _add_checked(run, "retries", int, "N", "extra attempts for an item that raised")
     run.add_argument(
         "--on-error",
         choices=get_args(OnError),
         default="collect",
         help="collect: run every item (default); raise: stop at the first failure",
     )
-    run.add_argument(
-        "--chunksize",
-        type=_checked("chunksize", int),
-        metavar="N",
-        help="items sent to a worker at once",
-    )
+    _add_checked(run, "chunksize", int, "N", "items sent to a worker at once")
 
 
 def _add_resource_arguments(run: argparse.ArgumentParser) -> None:
