@@ -13,7 +13,7 @@ from typing import TypeVar
 import pytest
 
 from parmap import MapResult
-from parmap._scheduler import ChunkMessage, Send
+from parmap._events import ChunkMessage, Send
 
 T = TypeVar("T")
 

@@ -27,9 +27,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parmap import Pool, WorkerCrashedError, WorkerMemoryError, parallel, pmap
+from parmap._events import Kill, Measured, Retire, Send, Spawn, Tick
 from parmap._memory import Gauge, OomWatch, oom_kills, parse_size, read_rss
 from parmap._options import MapConfig, PoolConfig
-from parmap._scheduler import MEMORY_POLL_SECONDS, Kill, Retire, Scheduler, Send, Spawn
+from parmap._scheduler import MEMORY_POLL_SECONDS, Scheduler
 
 from . import memory_cases as cases
 from .checks import run_limited, sent
@@ -177,7 +178,7 @@ def test_a_busy_worker_over_the_limit_is_killed_and_only_its_item_fails() -> Non
     assert sorted(len(chunk) for chunk in h.chunks.values()) == [1, 1]  # one item per chunk
     h.now += MEMORY_POLL_SECONDS
     assert sorted(h.sched.memory_due(h.now)) == [0, 1]
-    h.sched.on_memory({0: 250 * MB, 1: 120 * MB}, h.now)
+    h.memory({0: 250 * MB, 1: 120 * MB})
     commands = h.flush()
     assert Kill(0) in commands and Spawn(2) in commands
     assert Retire(1) not in commands  # busy, under the limit: it goes on
@@ -195,13 +196,13 @@ def test_between_items_a_worker_above_three_quarters_is_retired_and_nothing_fail
     # It finished an item: measured before it is sent the next.
     assert h.sched.memory_due(h.now) == [0]
     assert not any(isinstance(c, Send) for c in h.flush())
-    h.sched.on_memory({0: 160 * MB}, h.now)
+    h.memory({0: 160 * MB})
     commands = h.flush()
     assert Retire(0) in commands and Spawn(1) in commands and h.sched.recycled == 1
     h.sched.on_ready(1)
     h.now += 0.01
     h.sched.on_batch(1, ["B"], None, 0.01, h.now)
-    h.sched.on_memory({1: 100 * MB}, h.now)  # under 75%: it gets the next item
+    h.memory({1: 100 * MB})  # under 75%: it gets the next item
     commands = h.flush()
     assert Retire(1) not in commands
     assert [sent(c).args for c in commands if isinstance(c, Send)] == [["c"]]
@@ -411,7 +412,7 @@ def test_chunks_hold_as_many_items_as_the_measured_growth_leaves_room_for() -> N
         """The worker reports its chunk; it is measured; what is it sent next?"""
         h.now += 0.01
         assert h.report(0, [s.upper() for s in h.chunks[0]]) == []  # measured first
-        h.sched.on_memory({0: rss}, h.now)
+        h.memory({0: rss})
         h.flush()
         return h.chunks.get(0, [])
 
@@ -430,7 +431,7 @@ def test_a_map_whose_items_keep_nothing_gets_full_chunks() -> None:
     for _ in range(2):
         h.now += 0.01
         h.report(0, list(h.chunks[0]), per_item=1e-6)
-        h.sched.on_memory({0: 30 * MB}, h.now)
+        h.memory({0: 30 * MB})
         h.flush()
     assert len(h.chunks[0]) > 100
 
@@ -465,7 +466,6 @@ def test_random_readings_keep_every_promise(
     sched = Scheduler(
         workers,
         encode=lambda m: m,
-        beacon=lambda wid: beacon(wid),
         memory_limit=limit,
         prefetch=True,
     )
@@ -491,7 +491,7 @@ def test_random_readings_keep_every_promise(
         if due:
             readings = {wid: rss_of(wid) for wid in due}
             last_reading.update(readings)
-            sched.on_memory(readings, now)
+            sched.handle(Measured(readings, {wid: beacon(wid) for wid in due}, now))
         for cmd in sched.take_commands():
             if isinstance(cmd, Spawn):
                 model[cmd.wid] = _ModelWorker(base)
@@ -530,7 +530,7 @@ def test_random_readings_keep_every_promise(
             sched.on_batch(wid, [item * 2], None, busy, now)
         else:
             now += rng.choice([0.005, MEMORY_POLL_SECONDS, 0.05])
-            sched.on_time(now)
+            sched.handle(Tick(now, {wid: beacon(wid) for wid in sched.beacons_wanted(now)}))
         execute()
     assert job.finished, "the map never finished"
     seen: dict[int, Any] = {}
@@ -564,6 +564,6 @@ def test_fast_items_are_sent_ahead_only_while_their_growth_leaves_room(
         rss += kept_mb * MB * len(chunk) // max(1, len(chunk))  # kept_mb per chunk
         h.report(0, list(chunk), per_item=1e-6)
         if 0 not in h.chunks:  # idle: measured before its next chunk
-            h.sched.on_memory({0: min(rss, 140 * MB)}, h.now)
+            h.memory({0: min(rss, 140 * MB)})
             h.flush()
     assert bool(h.queued.get(0)) == sent_ahead

@@ -11,6 +11,7 @@ import pytest
 
 from parmap import TaskTimeoutError, WorkerCrashedError
 from parmap._backends.process import ProcessBackend
+from parmap._events import ChunkMessage, Exited, Kill, Measured, Retire, Send, Spawn, Tick
 from parmap._options import MapConfig, PoolConfig
 from parmap._pickling import dump_function
 from parmap._scheduler import (
@@ -19,13 +20,8 @@ from parmap._scheduler import (
     MAX_WINDOW_ITEMS,
     POLL_SECONDS,
     WINDOW_CHUNKS,
-    ChunkMessage,
     Job,
-    Kill,
-    Retire,
     Scheduler,
-    Send,
-    Spawn,
 )
 from parmap._wire import Encoded
 
@@ -49,7 +45,6 @@ class Harness:
         self.sched = Scheduler(
             workers,
             encode=encode,
-            beacon=lambda wid: self.beacons.get(wid, (0, None)),
             **kwargs,
         )
         self.log: list[Any] = []
@@ -67,6 +62,23 @@ class Harness:
             self.sched.end_input(job)
         self.flush()
         return job
+
+    def beacon(self, wid: int) -> tuple[int, float | None]:
+        return self.beacons.get(wid, (0, None))
+
+    def tick(self, now: float) -> None:
+        """Time passes to ``now``, as the engine reports it."""
+        wanted = self.sched.beacons_wanted(now)
+        self.sched.handle(Tick(now, {wid: self.beacon(wid) for wid in wanted}))
+
+    def exit(self, wid: int, code: int, now: float) -> None:
+        """Worker ``wid`` exits with ``code``, as a backend reports it."""
+        self.sched.handle(Exited(wid, code, now, self.beacon(wid)))
+
+    def memory(self, readings: dict[int, int | None]) -> None:
+        """The engine read the memory of the workers in ``readings``."""
+        beacons = {wid: self.beacon(wid) for wid in readings}
+        self.sched.handle(Measured(readings, beacons, self.now))
 
     def flush(self) -> list[Any]:
         commands = self.sched.take_commands()
@@ -169,7 +181,7 @@ def test_a_big_function_does_not_make_its_items_count_as_big() -> None:
     # not count as the weight of its one item, or every chunk after it would
     # hold one item (MAX_CHUNK_BYTES / 8 MB < 1). Real encoding, no processes.
     backend = ProcessBackend(PoolConfig(workers=1, start_method="fork"))
-    sched = Scheduler(1, encode=backend.encode, beacon=lambda wid: (0, None))
+    sched = Scheduler(1, encode=backend.encode)
     fn = dump_function(partial(max, b"x" * (8 << 20)), "fork")
     job = sched.new_job(MapConfig(), fn_payload=fn, star=False, ordered=False, total=None)
     sched.feed(job, list(range(20_000)), 0.0)
@@ -207,15 +219,15 @@ def test_timeout_kills_the_worker_fails_the_running_item_and_requeues_the_rest()
     h.now = 1.0
     h.beacons[0] = (2, 1.0)  # item 1 started at t=1 (not yet reported)
     h.now = 5.5
-    h.sched.on_time(h.now)  # deadline by `since` passed, but item 1 has time left
+    h.tick(h.now)  # deadline by `since` passed, but item 1 has time left
     assert not any(isinstance(c, Kill) for c in h.flush())
     deadline = h.sched.next_deadline()
     assert deadline is not None and deadline <= 6.0
     h.now = 5.99
-    h.sched.on_time(h.now)
+    h.tick(h.now)
     assert not any(isinstance(c, Kill) for c in h.flush())
     h.now = 6.0
-    h.sched.on_time(h.now)
+    h.tick(h.now)
     commands = h.flush()
     assert Kill(0) in commands
     assert Spawn(1) in commands
@@ -235,7 +247,7 @@ def test_timeout_blames_the_item_the_beacon_names_even_when_earlier_ones_are_unr
     # item 2 has been running since t=0.2.
     h.beacons[0] = (3, 0.2)
     h.now = 1.3
-    h.sched.on_time(h.now)
+    h.tick(h.now)
     h.flush()
     assert h.chunks[1] == [0, 1]  # their outcomes died with the worker: run again
     h.report(1, [0, 1])
@@ -254,14 +266,14 @@ def test_an_item_the_beacon_cannot_date_is_timed_from_when_it_was_first_seen() -
     assert deadline is not None and deadline <= POLL_SECONDS
     h.now = 2.0
     h.beacons[0] = (3, math.inf)  # item 2 running since some time after t=0
-    h.sched.on_time(h.now)
+    h.tick(h.now)
     deadline = h.sched.next_deadline()
     assert deadline is not None and deadline <= h.now + POLL_SECONDS
     h.now = 6.9  # its chunk began 6.9 s ago, but item 2 was first seen at t=2
-    h.sched.on_time(h.now)
+    h.tick(h.now)
     assert not any(isinstance(c, Kill) for c in h.flush())
     h.now = 7.0
-    h.sched.on_time(h.now)
+    h.tick(h.now)
     assert Kill(0) in h.flush()
     h.finish_all()
     values, errors = drain(job)
@@ -280,7 +292,7 @@ def test_deadline_is_rechecked_shortly_when_no_item_is_running() -> None:
     h.job(range(1), timeout=10)
     h.beacons[0] = (0, None)  # still starting up
     h.now = 10.0
-    h.sched.on_time(h.now)
+    h.tick(h.now)
     assert not any(isinstance(c, Kill) for c in h.flush())
     deadline = h.sched.next_deadline()
     assert deadline is not None and 10.0 < deadline < 10.5
@@ -293,7 +305,7 @@ def test_crash_fails_only_the_running_item() -> None:
     h.sched.on_ready(1)
     h.beacons[0] = (2, 0.0)  # running item 1 of its chunk [0, 1, 2]
     h.report(0, [0])
-    h.sched.on_exit(0, -11, h.now)
+    h.exit(0, -11, h.now)
     h.flush()
     h.finish_all()
     values, errors = drain(job)
@@ -308,14 +320,14 @@ def test_unexplained_crash_resends_items_one_by_one_to_find_the_culprit() -> Non
     job = h.job(range(3), chunksize=3, on_error="collect")
     h.sched.on_ready(0)
     h.beacons[0] = (0, None)  # died before starting any item
-    h.sched.on_exit(0, 1, h.now)
+    h.exit(0, 1, h.now)
     h.flush()
     assert h.chunks[1] == [0]  # sent alone
     h.sched.on_ready(1)
     h.report(1, [0])
     assert h.chunks[1] == [1]
     h.beacons[1] = (1, None)
-    h.sched.on_exit(1, 1, h.now)  # a lone item that kills its worker is the culprit
+    h.exit(1, 1, h.now)  # a lone item that kills its worker is the culprit
     h.flush()
     h.finish_all()
     values, errors = drain(job)
@@ -328,7 +340,7 @@ def test_workers_dying_at_startup_are_not_blamed_and_eventually_break_the_pool()
     job = h.job(range(2), chunksize=2)
     for attempt in range(MAX_STARTUP_FAILURES):
         wid = attempt
-        h.sched.on_exit(wid, 1, h.now)
+        h.exit(wid, 1, h.now)
         h.flush()
     assert job.finished
     assert isinstance(job.error, RuntimeError)
@@ -377,7 +389,7 @@ def test_timeouts_are_retried_only_when_retry_on_names_them(
     job = h.job(range(1), timeout=1, retries=1, retry_on=retry_on, on_error="collect")
     h.beacons[0] = (1, 0.0)
     h.now = 2.0
-    h.sched.on_time(h.now)
+    h.tick(h.now)
     h.flush()
     assert (1 in h.chunks) is retried
     assert job.finished is not retried
@@ -399,7 +411,7 @@ def test_crashes_are_retried_only_when_retry_on_names_them(
     job = h.job(range(1), retries=1, retry_on=retry_on, on_error="collect")
     h.sched.on_ready(0)
     h.beacons[0] = (1, 0.0)
-    h.sched.on_exit(0, -9, h.now)
+    h.exit(0, -9, h.now)
     h.flush()
     assert (1 in h.chunks) is retried
     assert job.finished is not retried
@@ -557,7 +569,7 @@ def test_prefetch_queues_a_second_chunk_and_requeues_it_if_the_worker_dies() -> 
     assert slot.chunk is not None and slot.queued is not None
     queued_start = slot.queued.start
     h.beacons[0] = (1 + 1, 0.0)  # running the first item of the running chunk
-    h.sched.on_exit(0, -9, h.now)
+    h.exit(0, -9, h.now)
     h.flush()
     h.finish_all()
     values, errors = drain(job)
@@ -596,7 +608,7 @@ def test_a_jobs_alarm_is_a_deadline_for_the_driver() -> None:
     assert h.sched.next_deadline() == 5.0  # the running item's
     job.alarm = 2.5
     assert h.sched.next_deadline() == 2.5
-    h.sched.on_time(2.5)  # nothing is due but the alarm: nothing happens
+    h.tick(2.5)  # nothing is due but the alarm: nothing happens
     assert not [c for c in h.flush() if isinstance(c, Kill)]
     job.alarm = None
     assert h.sched.next_deadline() == 5.0
@@ -618,11 +630,11 @@ def test_events_for_a_worker_already_gone_change_nothing() -> None:
     h = Harness(workers=1)
     job = h.job(["a", "b"])
     h.sched.on_ready(0)
-    h.sched.on_exit(0, -9, h.now)  # replaced: worker 0 is no longer a slot
+    h.exit(0, -9, h.now)  # replaced: worker 0 is no longer a slot
     h.flush()
     before = (dict(h.sched.slots), job.error, list(job.pending))
     h.sched.on_spawn_failed(0, OSError("late"))
-    h.sched.on_exit(0, 1, h.now)
+    h.exit(0, 1, h.now)
     h.sched.on_undecodable(0, ValueError("late"), h.now)
     assert h.flush() == []
     assert (dict(h.sched.slots), job.error, list(job.pending)) == before

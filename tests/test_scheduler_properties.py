@@ -36,17 +36,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from parmap import TaskTimeoutError, WorkerCrashedError
+from parmap._events import ChunkMessage, Exited, Kill, Retire, Send, Spawn, Tick
 from parmap._options import MapConfig
-from parmap._scheduler import (
-    MAX_STARTUP_FAILURES,
-    ChunkMessage,
-    Job,
-    Kill,
-    Retire,
-    Scheduler,
-    Send,
-    Spawn,
-)
+from parmap._scheduler import MAX_STARTUP_FAILURES, Job, Scheduler
 
 from .checks import sent
 
@@ -206,7 +198,6 @@ class Sim:
         self.sched = Scheduler(
             spec.workers,
             encode=self.encode,
-            beacon=self.beacon,
             max_tasks_per_worker=spec.max_tasks,
         )
         self.workers: dict[int, ModelWorker] = {}
@@ -222,7 +213,7 @@ class Sim:
         self.closed = False
         self.step = 0
 
-    # ------------------------------------------------ what the scheduler calls
+    # --------------------------------------- what the scheduler and engine call
     def encode(self, message: ChunkMessage) -> object:
         jid, args = message.job_id, message.args
         for arg in args:
@@ -420,7 +411,8 @@ class Sim:
         deadline = self.sched.next_deadline()
         if deadline is not None and self.now >= deadline:
             self.context = "on_time"
-            self.sched.on_time(self.now)
+            wanted = self.sched.beacons_wanted(self.now)
+            self.sched.handle(Tick(self.now, {wid: self.beacon(wid) for wid in wanted}))
             self.execute()
         for state in self.states.values():
             self.feed(state)
@@ -540,7 +532,7 @@ class Sim:
         self.dead[wid] = w
         w.last_read = None
         self.context = "on_exit"
-        self.sched.on_exit(wid, code, self.now)
+        self.sched.handle(Exited(wid, code, self.now, self.beacon(wid)))
         self.deaths[wid] = Death(code, startup, w.last_read)
 
     def flush(self, w: ModelWorker) -> None:
@@ -768,7 +760,7 @@ def test_every_input_gets_exactly_one_outcome_in_collect_mode(
 
 # ------------------------------------------- regressions the model turned up
 def _two_maps_one_worker() -> tuple[Scheduler, Job, Job]:
-    sched = Scheduler(1, encode=lambda message: message, beacon=lambda wid: (0, None))
+    sched = Scheduler(1, encode=lambda message: message)
     first = sched.new_job(MapConfig(), fn_payload=b"a", star=False, ordered=False)
     second = sched.new_job(MapConfig(), fn_payload=b"b", star=False, ordered=False)
     for job, value in ((first, 1), (second, 2)):
@@ -808,7 +800,7 @@ def test_unpicklable_input_that_stops_a_raise_mode_map_leaves_nothing_pending() 
             raise TypeError("cannot pickle 1")
         return message
 
-    sched = Scheduler(1, encode=encode, beacon=lambda wid: (0, None))
+    sched = Scheduler(1, encode=encode)
     job = sched.new_job(MapConfig(chunksize=3), fn_payload=b"f", star=False, ordered=False)
     sched.feed(job, [0, 1, 2], 0.0)
     assert job.closed and isinstance(job.error, pickle.PicklingError)

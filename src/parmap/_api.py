@@ -128,7 +128,7 @@ class _Call:
         self.job: Job | None = None
 
     def new_job(self) -> Job:
-        self.job = self.engine.sched.new_job(
+        self.job = self.engine.new_job(
             self.config,
             fn_payload=self.payload,
             star=self.star,
@@ -142,7 +142,7 @@ class _Call:
         """The map's figures (once it ran), see ``MapStats``."""
         if self.job is None:
             return None
-        return self.job.stats.snapshot(workers=self.engine.sched.workers, resumed=self.job.resumed)
+        return self.job.stats.snapshot(workers=self.engine.workers, resumed=self.job.resumed)
 
     def iterator(self, pool: Pool | None = None) -> MapIterator[Any]:
         """``stream()`` with ``.stats``; closes ``pool`` (a temporary one) at the end."""

@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 
 def _feed(engine: Engine, job: Job, source: Iterator[Any], resume: Resume | None = None) -> None:
-    want = engine.sched.want(job)
+    want = engine.want(job)
     if want <= 0:
         return
     started = cpu()
@@ -37,15 +37,15 @@ def _feed(engine: Engine, job: Job, source: Iterator[Any], resume: Resume | None
         # The input's own time is not the parent's overhead (MapStats).
         job.stats.parent -= cpu() - started
     except BaseException as exc:
-        engine.sched.input_failed(job, exc, time.monotonic())
+        engine.input_failed(job, exc, time.monotonic())
         engine.execute()
         raise
     if len(args) < want:
-        engine.sched.end_input(job)
+        engine.end_input(job)
     if resume is None:
-        engine.sched.feed(job, args, time.monotonic())
+        engine.feed(job, args, time.monotonic())
     else:
-        resume.feed(engine.sched, job, args, time.monotonic())
+        resume.feed(engine, job, args, time.monotonic())
     engine.execute()
 
 
@@ -138,21 +138,20 @@ async def _feed_async(
     It runs as its own task so that a source waiting for its next item never
     holds back outcomes, deadlines or the consumer.
     """
-    sched = engine.sched
     try:
         while not job.closed:
-            if sched.want(job) <= 0:
+            if engine.want(job) <= 0:
                 await engine.changed(job)
                 continue
             try:
                 item = await anext(source)
             except StopAsyncIteration:
-                sched.end_input(job)
+                engine.end_input(job)
                 return
             if resume is None:
-                sched.feed(job, [item], time.monotonic())
+                engine.feed(job, [item], time.monotonic())
             else:
-                resume.feed(sched, job, [item], time.monotonic())
+                resume.feed(engine, job, [item], time.monotonic())
             engine.execute()
     except BaseException as exc:
         task = asyncio.current_task()
@@ -161,7 +160,7 @@ async def _feed_async(
         # Anything else came from the source, a CancelledError of its own
         # included: the map stops with it, as with a sync source, instead of
         # waiting forever for input that will not come.
-        sched.input_failed(job, exc, time.monotonic())
+        engine.input_failed(job, exc, time.monotonic())
         engine.execute()
         if not isinstance(exc, Exception | asyncio.CancelledError):
             raise  # KeyboardInterrupt, SystemExit: the loop must see them too

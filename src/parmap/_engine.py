@@ -35,10 +35,11 @@ from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 from ._backends.base import Backend, Waitable
+from ._events import Drained, Event, Kill, Measured, Retire, Send, Spawn, SpawnFailed, Started, Tick
 from ._loopwatch import ReaderWatch, ThreadWatch, fd_of, make_watch
 from ._memory import Gauge
-from ._options import PoolConfig
-from ._scheduler import Job, Kill, Retire, Scheduler, Send, Spawn
+from ._options import MapConfig, PoolConfig
+from ._scheduler import Job, Scheduler
 from ._sigmask import sigint_held
 
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -79,7 +80,6 @@ class Engine:
         self.sched = Scheduler(
             caps.workers,
             encode=self.backend.encode,
-            beacon=self.backend.beacon,
             max_tasks_per_worker=config.max_tasks_per_worker,
             item_beacon=caps.item_beacon,
             can_kill=caps.can_kill,
@@ -133,9 +133,9 @@ class Engine:
                     try:
                         backend.spawn(cmd.wid)
                     except Exception as exc:
-                        sched.on_spawn_failed(cmd.wid, exc)
+                        sched.handle(SpawnFailed(cmd.wid, exc))
                     else:
-                        sched.on_spawned(cmd.wid, time.monotonic())
+                        sched.handle(Started(cmd.wid, time.monotonic()))
                 elif isinstance(cmd, Kill):
                     backend.kill(cmd.wid)
                 elif isinstance(cmd, Retire):
@@ -147,18 +147,71 @@ class Engine:
     def _check_memory(self) -> None:
         # Called on every step of either driver, after the event that may
         # have made a reading due (a deadline, a finished item).
-        gauge, sched = self._gauge, self.sched
+        gauge, sched, backend = self._gauge, self.sched, self.backend
         assert gauge is not None
-        pid = self.backend.pid
         now = time.monotonic()
         due = sched.memory_due(now)
         if due:
-            sched.on_memory({wid: gauge.read(wid, pid(wid)) for wid in due}, now)
+            rss = {wid: gauge.read(wid, backend.pid(wid)) for wid in due}
+            sched.handle(Measured(rss, {wid: backend.beacon(wid) for wid in due}, now))
+
+    def _events(self, events: list[Event]) -> None:
+        # The only way what happened reaches the scheduler.
+        handle = self.sched.handle
+        for event in events:
+            handle(event)
+
+    def _tick(self, now: float) -> None:
+        # Time passed: the scheduler checks deadlines against the beacons it
+        # needs, read here and now.
+        beacon = self.backend.beacon
+        wanted = self.sched.beacons_wanted(now)
+        self.sched.handle(Tick(now, {wid: beacon(wid) for wid in wanted}))
+
+    def _drained(self, waitable: Waitable, now: float) -> None:
+        if self.backend.on_writable(waitable):
+            self.sched.handle(Drained(now))
 
     def check_open(self) -> None:
         """Raise if this pool cannot take new maps."""
         if self.closed:
             raise RuntimeError("this pool is closed")
+
+    # ------------------------------------------------------- maps and input
+    # What the drivers tell the scheduler, through the engine like everything else.
+    @property
+    def workers(self) -> int:
+        """The pool's worker slots."""
+        return self.sched.workers
+
+    @property
+    def broken(self) -> BaseException | None:
+        """Why the pool can run nothing any more, if it cannot."""
+        return self.sched.broken
+
+    def new_job(self, config: MapConfig, **kwargs: Any) -> Job:
+        """A new map (see ``Scheduler.new_job``)."""
+        return self.sched.new_job(config, **kwargs)
+
+    def want(self, job: Job) -> int:
+        """How many more inputs ``job`` takes now."""
+        return self.sched.want(job)
+
+    def feed(self, job: Job, args: list[Any], now: float) -> None:
+        """The next inputs of ``job``."""
+        self.sched.feed(job, args, now)
+
+    def skip(self, job: Job, values: list[Any], now: float) -> None:
+        """The next inputs of ``job`` are done already (resumed): their values."""
+        self.sched.skip(job, values, now)
+
+    def end_input(self, job: Job) -> None:
+        """``job`` has no more input."""
+        self.sched.end_input(job)
+
+    def input_failed(self, job: Job, error: BaseException, now: float) -> None:
+        """Reading ``job``'s input (or its consumer) raised ``error``: it fails."""
+        self.sched.input_failed(job, error, now)
 
     def finish(self, job: Job, *, cancel: bool, settle: bool = False) -> None:
         """The consumer of ``job`` is done with it; with ``cancel``, stop its work.
@@ -321,13 +374,13 @@ class Engine:
                 writable.append(writer)
             if reader is None or not mask & _READ or reader in self._discarded:
                 continue
-            backend.handle(reader, sched, now)
+            self._events(backend.handle(reader, now))
             self.execute()
         for writer in writable:
-            if writer not in self._discarded and backend.on_writable(writer):
-                sched.resume(now)
+            if writer not in self._discarded:
+                self._drained(writer, now)
         if deadline is not None and now >= deadline:
-            sched.on_time(now)
+            self._tick(now)
         self.execute()
 
     def wake(self) -> None:
@@ -446,14 +499,10 @@ class Engine:
             self._timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
 
     def _on_readable(self, waitable: Waitable) -> None:
-        self._guarded(lambda now: self.backend.handle(waitable, self.sched, now))
+        self._guarded(lambda now: self._events(self.backend.handle(waitable, now)))
 
     def _on_writable(self, waitable: Waitable) -> None:
-        def step(now: float) -> None:
-            if self.backend.on_writable(waitable):
-                self.sched.resume(now)
-
-        self._guarded(step)
+        self._guarded(lambda now: self._drained(waitable, now))
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
@@ -462,7 +511,7 @@ class Engine:
             # Read what already arrived first: a loop that was busy must not
             # time out a worker whose outcomes wait in its socket.
             self._handle_ready(now)
-            self.sched.on_time(time.monotonic())
+            self._tick(time.monotonic())
 
         self._guarded(step)
 
@@ -475,7 +524,7 @@ class Engine:
         for fd, _ in poller.poll(0):
             waitable = readers[fd]
             if waitable not in self._discarded:
-                self.backend.handle(waitable, self.sched, now)
+                self._events(self.backend.handle(waitable, now))
                 self.execute()
 
     def _guarded(self, step: Callable[[float], None]) -> None:

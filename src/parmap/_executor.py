@@ -13,12 +13,13 @@ Submitted tasks wait in the executor's queue and become scheduler jobs only
 when the pool has room (``LIVE_PER_WORKER`` jobs per worker), so the
 scheduler's lists stay short however many futures wait. A task gets a job of
 its own, and then the per-task promises are the scheduler's: a timeout kills
-the worker, a crash fails only its job, and ``cancel`` is ``sched.cancel(job)``,
-which kills the worker running it. Only tasks of a function whose calls are
-known to take under a millisecond share a job (a *batch*, sent as one chunk),
-because for them one message per task is what would cost the most. A ``map``
-is one job, chunked as asked, with per-item deadlines. Outcomes come back as
-segments of input indexes, which resolve the futures by index.
+the worker, a crash fails only its job, and ``cancel`` is
+``engine.finish(job, cancel=True)``, which kills the worker running it. Only
+tasks of a function whose calls are known to take under a millisecond share a
+job (a *batch*, sent as one chunk), because for them one message per task is
+what would cost the most. A ``map`` is one job, chunked as asked, with
+per-item deadlines. Outcomes come back as segments of input indexes, which
+resolve the futures by index.
 
 Futures stay PENDING until they resolve (``set_result`` works from PENDING),
 so that a running task can still be cancelled, which the standard state

@@ -114,7 +114,7 @@ class _Pump:
             # map's next submit() would raise: what was read still runs.
             for job, owner in self._live.items():
                 if isinstance(owner, _MapRun):
-                    self._engine.sched.end_input(job)
+                    self._engine.end_input(job)
         elif kind == "stop map":
             self._stop_map(request[1])
         elif kind == "cancel unstarted":
@@ -172,7 +172,7 @@ class _Pump:
             run.end(payload)
             self._release(run, completed=False)
             return
-        run.job = self._engine.sched.new_job(
+        run.job = self._engine.new_job(
             MapConfig(timeout=self._timeout, on_error="collect", chunksize=run.chunksize),
             fn_payload=payload,
             star=run.star,
@@ -197,19 +197,19 @@ class _Pump:
                 if future is not None:
                     _resolve(future, error=error)
             return
-        sched = self._engine.sched
+        engine = self._engine
         resume = run.resume
         if resume is None:
-            sched.feed(job, args, time.monotonic())
+            engine.feed(job, args, time.monotonic())
         else:
             try:
-                resume.feed(sched, job, args, time.monotonic())
+                resume.feed(engine, job, args, time.monotonic())
             except CheckpointError as exc:
                 self._fail_map(run, exc)
                 return
             run.resumed = job.resumed
         if exhausted:
-            sched.end_input(job)
+            engine.end_input(job)
 
     def _tick(self) -> None:
         """Commit the checkpoints whose records are due."""
@@ -283,8 +283,8 @@ class _Pump:
             for task in tasks:
                 task.end(payload)
             return
-        sched = self._engine.sched
-        job = sched.new_job(
+        engine = self._engine
+        job = engine.new_job(
             self._task_config,
             fn_payload=payload,
             star=True,
@@ -292,8 +292,8 @@ class _Pump:
             total=len(tasks),
             fn_key=_function_key(fn),
         )
-        sched.feed(job, [(t.args, t.kwargs) for t in tasks], now)
-        sched.end_input(job)
+        engine.feed(job, [(t.args, t.kwargs) for t in tasks], now)
+        engine.end_input(job)
         for task in tasks:
             task.future._handed = True
             task.future._job = job
@@ -303,7 +303,7 @@ class _Pump:
     # ------------------------------------------------------------ outcomes
     def _settle(self) -> None:
         """Resolve the futures of outcomes that arrived; forget finished jobs."""
-        broken = self._engine.sched.broken
+        broken = self._engine.broken
         if broken is not None and self._link.broken is None:
             self._break(broken)
         for job, owner in list(self._live.items()):

@@ -25,11 +25,14 @@ import time
 import traceback
 import warnings
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._checkpoint import CheckpointError, CheckpointFile, Failure, Success, describe_function
 from ._results import _RemoteTraceback
-from ._scheduler import Job, Scheduler, Segment
+from ._scheduler import Job, Segment
+
+if TYPE_CHECKING:
+    from ._engine import Engine
 
 #: Records wait at most this long before their commit (the issue allows 1 s).
 COMMIT_SECONDS = 0.5
@@ -125,8 +128,8 @@ class Resume:
         job.journal = self._journal
 
     # ---------------------------------------------------------------- input
-    def feed(self, sched: Scheduler, job: Job, args: list[Any], now: float) -> None:
-        """Give ``args`` (the next inputs of ``job``) to ``sched``, skipping resumed ones."""
+    def feed(self, engine: Engine, job: Job, args: list[Any], now: float) -> None:
+        """Give ``args`` (the next inputs of ``job``) to ``engine``, skipping resumed ones."""
         assert self._file is not None
         if job.closed or not args:
             return
@@ -147,12 +150,12 @@ class Resume:
             if stored is not None and stored[i] is not _MISSING:
                 while j < n and stored[j] is not _MISSING:
                     j += 1
-                sched.skip(job, stored[i:j], now)
+                engine.skip(job, stored[i:j], now)
             else:
                 while j < n and (stored is None or stored[j] is _MISSING):
                     j += 1
                 self._fingerprints.update(zip(range(start + i, start + j), fps[i:j], strict=True))
-                sched.feed(job, args[i:j], now)
+                engine.feed(job, args[i:j], now)
             i = j
 
     @property

@@ -67,6 +67,25 @@ from functools import partial
 from pickle import PicklingError
 from typing import Any
 
+from ._events import (
+    Batch,
+    BeaconReading,
+    ChunkMessage,
+    Command,
+    Drained,
+    Event,
+    Exited,
+    InitFailed,
+    Kill,
+    Measured,
+    Ready,
+    Retire,
+    Send,
+    Spawn,
+    SpawnFailed,
+    Started,
+    Tick,
+)
 from ._options import MapConfig
 from ._results import (
     TaskTimeoutError,
@@ -135,63 +154,6 @@ MEMORY_POLL_SECONDS = 0.02
 #: An idle worker above this share of the memory limit is retired: its next
 #: item would likely take it over.
 RECYCLE_FRACTION = 0.75
-
-BeaconReading = tuple[int, float | None] | None
-"""What a worker's beacon says: items started since birth, and a time by which
-the item running now had started (its start time where the backend knows it;
-``math.inf`` when it cannot tell), or ``None`` between items. ``None`` as a
-whole means the reading was torn and should be retried later."""
-
-
-@dataclass(frozen=True, slots=True)
-class Spawn:
-    """Start worker ``wid``."""
-
-    wid: int
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send an encoded chunk to worker ``wid``."""
-
-    wid: int
-    payload: object
-
-
-@dataclass(frozen=True, slots=True)
-class Kill:
-    """Kill worker ``wid`` now (it is running something we gave up on)."""
-
-    wid: int
-
-
-@dataclass(frozen=True, slots=True)
-class Retire:
-    """Stop idle worker ``wid`` gracefully."""
-
-    wid: int
-
-
-Command = Spawn | Send | Kill | Retire
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkMessage:
-    """A chunk for a backend to encode: inputs ``args`` of map ``job_id``.
-
-    ``fn`` is the map's function payload with the map's first chunk to each
-    worker, else None; ``timed`` tells a backend whose workers date their
-    items only when asked (processes) that the map has a timeout;
-    ``threshold`` is the map's ``shared_memory_threshold``.
-    """
-
-    job_id: int
-    fn: Any
-    star: bool
-    args: list[Any]
-    timed: bool = True
-    threshold: int | None = None
-
 
 Segment = tuple[int, list[Any], dict[int, BaseException] | None]
 
@@ -365,8 +327,8 @@ class Scheduler:
 
     ``workers`` is the pool size; ``encode`` turns a chunk message into bytes
     (bytes for a pipe, or the message itself for an in-process backend; it
-    may raise for unpicklable arguments); ``beacon(wid)`` reads what a
-    worker is running (see ``BeaconReading``). ``item_beacon=False`` says the
+    may raise for unpicklable arguments). What workers are running comes
+    with the events (see ``BeaconReading``). ``item_beacon=False`` says the
     beacon cannot tell which item of a chunk is running (an executor's or
     dask's future runs a whole chunk): maps with a timeout then get one item
     per chunk, unless they set ``chunksize``, so that timeouts stay per item.
@@ -377,7 +339,6 @@ class Scheduler:
         workers: int,
         *,
         encode: Callable[[ChunkMessage], object],
-        beacon: Callable[[int], BeaconReading],
         max_tasks_per_worker: int | None = None,
         item_beacon: bool = True,
         can_kill: bool = True,
@@ -387,7 +348,6 @@ class Scheduler:
     ) -> None:
         self.workers = workers
         self._encode = encode
-        self._beacon = beacon
         self._item_beacon = item_beacon
         self.can_kill = can_kill  # False: a timed-out item is abandoned, not stopped
         self._max_tasks = max_tasks_per_worker
@@ -775,6 +735,31 @@ class Scheduler:
             job.pending.extendleft(reversed(good))
 
     # ------------------------------------------------------------------ events
+    def handle(self, event: Event) -> None:
+        """Take one event from the engine (see ``_events``)."""
+        if isinstance(event, Batch):
+            self.on_batch(
+                event.wid, event.values, event.errors, event.busy, event.now, event.slices
+            )
+        elif isinstance(event, Tick):
+            self.on_time(event.now, event.beacons)
+        elif isinstance(event, Ready):
+            self.on_ready(event.wid, event.now)
+        elif isinstance(event, Exited):
+            self.on_exit(event.wid, event.exitcode, event.now, event.beacon, event.hint)
+        elif isinstance(event, Drained):
+            self.resume(event.now)
+        elif isinstance(event, Measured):
+            self.on_memory(event.rss, event.now, event.beacons)
+        elif isinstance(event, Started):
+            self.on_spawned(event.wid, event.now)
+        elif isinstance(event, SpawnFailed):
+            self.on_spawn_failed(event.wid, event.error)
+        elif isinstance(event, InitFailed):
+            self.on_init_failed(event.wid, event.error)
+        else:
+            self.on_undecodable(event.wid, event.error, event.now)
+
     def resume(self, now: float) -> None:
         """A worker's backlog cleared: it may be sent work ahead of time again."""
         self._dispatch(now)
@@ -940,11 +925,19 @@ class Scheduler:
             self._requeue(chunk, chunk.done, len(chunk.args), solo=True)
         self._dispatch(now)
 
-    def on_exit(self, wid: int, exitcode: int | None, now: float, hint: str | None = None) -> None:
+    def on_exit(
+        self,
+        wid: int,
+        exitcode: int | None,
+        now: float,
+        beacon: BeaconReading = None,
+        hint: str | None = None,
+    ) -> None:
         """Worker ``wid`` died (its outcomes were all read before this call).
 
-        ``hint`` is the backend's guess at why, for the item's error (e.g. the
-        OOM killer, for a SIGKILL that parmap did not send).
+        ``beacon`` is what it was running when it died; ``hint`` is the
+        backend's guess at why, for the item's error (e.g. the OOM killer,
+        for a SIGKILL that parmap did not send).
         """
         self._now = now
         slot = self.slots.get(wid)
@@ -967,12 +960,19 @@ class Scheduler:
             )
             return
         if chunk is not None:
-            self._blame(chunk, slot, lambda index: WorkerCrashedError(index, exitcode, hint))
+            self._blame(
+                chunk, slot, beacon, lambda index: WorkerCrashedError(index, exitcode, hint)
+            )
         self._dispatch(now)
 
-    def _blame(self, chunk: Chunk, slot: Slot, make: Callable[[int], BaseException]) -> None:
+    def _blame(
+        self,
+        chunk: Chunk,
+        slot: Slot,
+        reading: BeaconReading,
+        make: Callable[[int], BaseException],
+    ) -> None:
         """Fail the item of ``chunk`` that was running when the worker died."""
-        reading = self._beacon(slot.wid)
         started = reading[0] if reading is not None else slot.reported
         running = reading is not None and reading[1] is not None
         # Items of the chunk the worker started but had not reported yet.
@@ -1024,8 +1024,24 @@ class Scheduler:
                     best = deadline
         return best
 
-    def on_time(self, now: float) -> None:
-        """Check deadlines: kill workers whose current item ran out of time."""
+    def _reads_beacon(self, slot: Slot, now: float) -> bool:
+        # Whether ``on_time(now)`` looks at what ``slot``'s worker runs.
+        chunk = slot.chunk
+        if chunk is None:
+            return False
+        timeout = chunk.job.config.timeout
+        return timeout is not None and (slot.since + timeout <= now or slot.poll_at <= now)
+
+    def beacons_wanted(self, now: float) -> list[int]:
+        """Workers whose beacon ``on_time(now)`` reads (the engine reads them for it)."""
+        return [wid for wid, slot in self.slots.items() if self._reads_beacon(slot, now)]
+
+    def on_time(self, now: float, beacons: Mapping[int, BeaconReading] | None = None) -> None:
+        """Check deadlines: kill workers whose current item ran out of time.
+
+        ``beacons`` holds the readings of ``beacons_wanted(now)``, taken at ``now``.
+        """
+        beacons = {} if beacons is None else beacons
         self._now = now
         for slot in list(self.slots.values()):
             if slot.wid not in self.slots:
@@ -1054,7 +1070,7 @@ class Scheduler:
             if not due and slot.poll_at > now:
                 continue
             slot.poll_at = now + POLL_SECONDS if len(chunk.args) - chunk.done > 1 else math.inf
-            reading = self._beacon(slot.wid)
+            reading = beacons.get(slot.wid)
             # (A worker not ready yet is starting up, which has a bound of its own.)
             # The margin covers an item that began, unseen, after the last
             # progress: its own life must have lasted a whole timeout too.
@@ -1169,8 +1185,14 @@ class Scheduler:
         growth = max(0, rss - before) / slot.sent_len
         job.mem_growth = growth if job.mem_growth is None else max(job.mem_growth, growth)
 
-    def on_memory(self, readings: Mapping[int, int | None], now: float) -> None:
-        """Resident memory of workers, in bytes (``None``: could not be read).
+    def on_memory(
+        self,
+        readings: Mapping[int, int | None],
+        now: float,
+        beacons: Mapping[int, BeaconReading] | None = None,
+    ) -> None:
+        """Resident memory of workers, in bytes (``None``: could not be read),
+        and their beacons read at the same time.
 
         A busy worker over the limit is killed and its item fails with
         ``WorkerMemoryError``; an idle worker above ``RECYCLE_FRACTION`` of it
@@ -1199,7 +1221,7 @@ class Scheduler:
             if rss is None or rss <= limit or not slot.ready:
                 continue
             # The Kill is only queued: the beacon still says which item ran.
-            reading = self._beacon(wid)
+            reading = None if beacons is None else beacons.get(wid)
             started = reading[0] if reading is not None else slot.reported
             self._remove_slot(slot, Kill(wid))
             if started > slot.measured_count + 1:
@@ -1208,7 +1230,7 @@ class Scheduler:
                 # alone, on a measured worker, so that only a real culprit fails.
                 self._requeue(chunk, chunk.done, len(chunk.args), solo=True)
                 continue
-            self._blame(chunk, slot, partial(WorkerMemoryError, limit=limit, rss=rss))
+            self._blame(chunk, slot, reading, partial(WorkerMemoryError, limit=limit, rss=rss))
         self._dispatch(now)
 
     # ---------------------------------------------------------------- closing

@@ -48,8 +48,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _shm, _sockio
+from ._events import BeaconReading
 from ._results import ErrorPayload, rebuild_error
-from ._scheduler import FUNCTION_CACHE, BeaconReading
+from ._scheduler import FUNCTION_CACHE
 from ._wire import Frame, Inbox
 
 READY, BATCH, INIT_FAILED, UNDECODABLE = 0, 1, 2, 3

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-from .._scheduler import BeaconReading, ChunkMessage, Scheduler
+from .._events import BeaconReading, ChunkMessage, Event
 
 Waitable = Connection | int
 """Something with a file descriptor to poll and give an event loop: a pipe
@@ -78,7 +78,7 @@ class Backend(Protocol):
     def backlogged(self, wid: int) -> bool: ...
     def beacon(self, wid: int) -> BeaconReading: ...
     def pid(self, wid: int) -> int | None: ...
-    def handle(self, waitable: Waitable, sched: Scheduler, now: float) -> None: ...
+    def handle(self, waitable: Waitable, now: float) -> list[Event]: ...
 
 
 class InProcessIO:

@@ -41,22 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+from .._events import Batch, BeaconReading, ChunkMessage, Event, Ready
 from .._options import PoolConfig
-from .._scheduler import BeaconReading, ChunkMessage, Scheduler
 from .._worker import PROTOCOL, decode_batch, run_chunk
 from .base import Capabilities, InProcessIO, Waitable
-from .thread import (
-    DONE,
-    NEXT,
-    READY,
-    Event,
-    Lane,
-    LocalFunctions,
-    Mailbox,
-    deliver,
-    forget_finished,
-    local_error,
-)
+from .inprocess import DONE, NEXT, READY, Lane, LocalFunctions, Mailbox, Note, deliver, local_error
 
 
 class _Chunk:
@@ -240,69 +229,68 @@ class ExecutorBackend(InProcessIO):
         future.add_done_callback(partial(self._done, post, slot.wid, unit.seq))
 
     @staticmethod
-    def _done(post: Callable[[Event], None], wid: int, seq: int, future: Any) -> None:
+    def _done(post: Callable[[Note], None], wid: int, seq: int, future: Any) -> None:
         """A call finished (in whatever thread the executor calls back from)."""
         result, error = _outcome(future)
         post((DONE, wid, seq, result, error))
 
-    def handle(self, waitable: Waitable, sched: Scheduler, now: float) -> None:
-        """Feed what the calls posted to the scheduler."""
+    def forget(self, job_id: int) -> None:
+        """Map ``job_id`` is over: its function goes."""
+        self._payloads.pop(job_id, None)
+        if self._functions is not None:
+            self._functions.forget(job_id)
 
-        def report(wid: int, values: list[Any], errors: Any, busy: float) -> None:
-            slot = self._slots.get(wid)
-            if slot is not None:
-                slot.reported += len(values)
-                sched.on_batch(wid, values, errors, busy, now)
+    def handle(self, waitable: Waitable, now: float) -> list[Event]:
+        """What the calls posted, as events."""
 
-        def control(event: Event) -> None:
-            tag, wid = event[0], event[1]
-            if tag == READY:
-                sched.on_ready(wid)
-                return
+        def report(wid: int, values: list[Any], errors: Any, busy: float) -> Batch | None:
             slot = self._slots.get(wid)
             if slot is None:
-                return  # killed or retired: whatever it was is discarded
+                return None
+            slot.reported += len(values)
+            return Batch(wid, values, errors, busy, now)
+
+        def control(note: Note) -> list[Event]:
+            tag, wid = note[0], note[1]
+            if tag == READY:
+                return [Ready(wid)]
+            slot = self._slots.get(wid)
+            if slot is None:
+                return []  # killed or retired: whatever it was is discarded
             if tag == DONE:
-                self._finished(slot, event[2], event[3], event[4], sched, now)
-            elif tag == NEXT and slot.unit is None and slot.rest and slot.chunk is not None:
+                return self._finished(slot, note[2], note[3], note[4], now)
+            if tag == NEXT and slot.unit is None and slot.rest and slot.chunk is not None:
                 arg = slot.rest.popleft()
                 chunk = slot.chunk
                 data = None
                 if chunk.data is not None:
                     data = pickle.dumps((chunk.fn, chunk.star, [arg]), PROTOCOL)
                 self._start(slot, [arg], data)
+            return []
 
-        deliver(self._mailbox.take(), report, control)
-        forget_finished(self._payloads, sched)
-        if self._functions is not None:
-            self._functions.forget_finished(sched)
+        return deliver(self._mailbox.take(), report, control)
 
     def _finished(
-        self,
-        slot: _Slot,
-        seq: int,
-        result: Any,
-        error: BaseException | None,
-        sched: Scheduler,
-        now: float,
-    ) -> None:
+        self, slot: _Slot, seq: int, result: Any, error: BaseException | None, now: float
+    ) -> list[Event]:
         unit = slot.unit
         if unit is None or unit.seq != seq:
-            return
+            return []
         slot.unit = None
+        events: list[Event] = []
         if error is None:
             if not self._in_process:  # in-process calls posted their outcomes already
                 values, raw_errors, pickled, busy = result
                 values, errors = decode_batch(values, raw_errors, pickled)
                 slot.reported += len(values)
-                sched.on_batch(slot.wid, values, errors, busy, now)
+                events.append(Batch(slot.wid, values, errors, busy, now))
         else:
             # The call failed as a whole, not one of its items.
             left = unit.args[slot.reported - unit.reported :]
             if len(left) == 1:
                 slot.reported += 1
                 failure = {0: local_error(error)}
-                sched.on_batch(slot.wid, [None], failure, now - unit.submitted, now)
+                events.append(Batch(slot.wid, [None], failure, now - unit.submitted, now))
             else:
                 # Which item broke it is unknown: run them one per call.
                 slot.rest.extendleft(reversed(left))
@@ -312,3 +300,4 @@ class ExecutorBackend(InProcessIO):
             self._mailbox.post((NEXT, slot.wid))
         elif slot.unit is None:
             slot.chunk = None
+        return events

@@ -36,10 +36,19 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .. import _shm, _sockio
+from .._events import (
+    Batch,
+    BeaconReading,
+    ChunkMessage,
+    Event,
+    Exited,
+    InitFailed,
+    Ready,
+    Undecodable,
+)
 from .._memory import OomWatch
 from .._options import PoolConfig
 from .._results import rebuild_error
-from .._scheduler import BeaconReading, ChunkMessage, Scheduler
 from .._sigmask import sigint_held
 from .._wire import Encoded, Inbox, Outbox, ProtocolError
 from .._worker import (
@@ -447,27 +456,31 @@ class ProcessBackend:
         entry = self._procs.get(wid)
         return None if entry is None else entry.beacon.read()
 
-    def handle(self, waitable: Waitable, sched: Scheduler, now: float) -> None:
-        """Process what became ready on ``waitable``."""
+    def handle(self, waitable: Waitable, now: float) -> list[Event]:
+        """What became ready on ``waitable``, as events."""
+        events: list[Event] = []
         if self._dying:
             self._sweep()  # held workers are looked at again on every event
             dying = self._dying.get(waitable)
             if dying is not None:  # it exited, yet cannot be reaped
                 self._hold(dying)
-                return
+                return events
         wid = self._by_waitable.get(waitable)
         if wid is None:
-            return
+            return events
         entry = self._procs[wid]
         if waitable == entry.fd:
-            self._read(wid, entry, sched, now)
-            return
+            self._read(wid, entry, events, now)
+            return events
         # The process exited: read what it sent before dying, then report.
         while not entry.eof and wid in self._procs:
-            if not self._read(wid, entry, sched, now):
+            if not self._read(wid, entry, events, now):
                 break
-        if wid not in self._procs:
-            return
+        if wid in self._procs:
+            events.append(self._exited(wid, entry, now))
+        return events
+
+    def _exited(self, wid: int, entry: _Proc, now: float) -> Exited:
         code = entry.process.exitcode  # polls without blocking
         if code is None:
             # The sentinel closes as the dying process's descriptors do, a
@@ -477,22 +490,22 @@ class ProcessBackend:
             # itself, however long a task that closed its descriptors runs.)
             _wait_for_exit(entry.process, EXIT_GRACE)
             code = entry.process.exitcode
-        if code is None:
-            # The sentinel fired but the process lives: the task closed the
-            # descriptors it inherited. It cannot be watched any more.
-            code = self._bury(entry.process)
-            entry.stopped = True
-            sched.on_exit(
-                wid,
-                -signal.SIGKILL if code is None else code,
-                now,
-                "its task closed the descriptors the worker inherited (its socket to "
-                "parmap among them), so parmap killed it",
-            )
-            return
-        sched.on_exit(wid, code, now, self._oom.explain(code))
+        if code is not None:
+            return Exited(wid, code, now, entry.beacon.read(), self._oom.explain(code))
+        # The sentinel fired but the process lives: the task closed the
+        # descriptors it inherited. It cannot be watched any more.
+        code = self._bury(entry.process)
+        entry.stopped = True
+        return Exited(
+            wid,
+            -signal.SIGKILL if code is None else code,
+            now,
+            entry.beacon.read(),
+            "its task closed the descriptors the worker inherited (its socket to "
+            "parmap among them), so parmap killed it",
+        )
 
-    def _read(self, wid: int, entry: _Proc, sched: Scheduler, now: float) -> bool:
+    def _read(self, wid: int, entry: _Proc, events: list[Event], now: float) -> bool:
         """Read and process what the worker sent; False when nothing came."""
         try:
             frames, closed = _sockio.read_ready(entry.sock, entry.inbox)
@@ -503,7 +516,7 @@ class ProcessBackend:
                 for fd in fds:
                     os.close(fd)
                 continue
-            self._message(wid, body, fds, sched, now)
+            events.append(self._message(wid, body, fds, now))
         if closed and not entry.eof:
             # The worker closed its end: it is exiting. Stop watching the
             # socket (it would stay readable) and let the sentinel report.
@@ -513,19 +526,18 @@ class ProcessBackend:
                 self.on_discard([entry.fd])
         return bool(frames)
 
-    def _message(
-        self, wid: int, body: bytes | bytearray, fds: list[int], sched: Scheduler, now: float
-    ) -> None:
+    @staticmethod
+    def _message(wid: int, body: bytes | bytearray, fds: list[int], now: float) -> Event:
         maps = _shm.map_segments(fds) if fds else []
         message = pickle.loads(body)
         tag = message[0]
         if tag == BATCH:
             _, values, raw_errors, pickled, busy, slices = message
             values, errors = decode_batch(values, raw_errors, pickled, maps)
-            sched.on_batch(wid, values, errors, busy, now, slices)
-        elif tag == READY:
-            sched.on_ready(wid, now)
-        elif tag == UNDECODABLE:
-            sched.on_undecodable(wid, rebuild_error(message[1]), now)
-        elif tag == INIT_FAILED:
-            sched.on_init_failed(wid, rebuild_error(message[1]))
+            return Batch(wid, values, errors, busy, now, slices)
+        if tag == READY:
+            return Ready(wid, now)
+        if tag == UNDECODABLE:
+            return Undecodable(wid, rebuild_error(message[1]), now)
+        assert tag == INIT_FAILED  # the worker sends nothing else
+        return InitFailed(wid, rebuild_error(message[1]))

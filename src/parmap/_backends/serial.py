@@ -29,10 +29,10 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
+from .._events import Batch, BeaconReading, ChunkMessage, Event, InitFailed, Ready, Tick
 from .._options import PoolConfig
-from .._scheduler import BeaconReading, ChunkMessage, Scheduler
 from .base import Capabilities, InProcessIO, Waitable
-from .thread import LocalFunctions, local_error
+from .inprocess import LocalFunctions, local_error
 
 
 class _Slot:
@@ -118,21 +118,23 @@ class SerialBackend(InProcessIO):
                 os.read(self._r, 64)
             self._armed = False
 
-    def handle(self, waitable: Waitable, sched: Scheduler, now: float) -> None:
+    def forget(self, job_id: int) -> None:
+        """Map ``job_id`` is over: its function goes."""
+        self._functions.forget(job_id)
+
+    def handle(self, waitable: Waitable, now: float) -> list[Event]:
         """Start one slot, or run one item and report it."""
         try:
             if self._starting:
-                self._start(self._starting.pop(0), sched)
-                return
+                return [self._start(self._starting.pop(0))]
             for wid, slot in self._slots.items():
                 if slot.pos < len(slot.args):
-                    self._run_one(wid, slot, sched)
-                    return
+                    return self._run_one(wid, slot)
+            return []
         finally:
             self._arm()
-            self._functions.forget_finished(sched)
 
-    def _start(self, wid: int, sched: Scheduler) -> None:
+    def _start(self, wid: int) -> Event:
         config = self._config
         if config.initializer is not None:
             try:
@@ -140,11 +142,10 @@ class SerialBackend(InProcessIO):
             except (KeyboardInterrupt, bdb.BdbQuit):
                 raise
             except BaseException as exc:
-                sched.on_init_failed(wid, local_error(exc))
-                return
-        sched.on_ready(wid)
+                return InitFailed(wid, local_error(exc))
+        return Ready(wid)
 
-    def _run_one(self, wid: int, slot: _Slot, sched: Scheduler) -> None:
+    def _run_one(self, wid: int, slot: _Slot) -> list[Event]:
         fn = slot.fn
         assert fn is not None
         args = slot.args[slot.pos]
@@ -162,11 +163,11 @@ class SerialBackend(InProcessIO):
         except BaseException as exc:
             value, error = None, local_error(exc)
         t1 = time.monotonic()
-        deadline = sched.next_deadline()
-        if deadline is not None and deadline <= t1:
-            # The beacon still shows the item running since t0: if it ran
-            # past its timeout, the scheduler fails it with TaskTimeoutError
-            # and drops this slot, and the report below is ignored.
-            sched.on_time(t1)
         slot.beacon = (slot.started, None)
-        sched.on_batch(wid, [value], None if error is None else {0: error}, t1 - t0, t1)
+        # The time first, with the item still running since t0: if it ran
+        # past its timeout, the scheduler fails it with TaskTimeoutError and
+        # drops this slot, and the batch is ignored.
+        return [
+            Tick(t1, {wid: (slot.started, t0)}),
+            Batch(wid, [value], None if error is None else {0: error}, t1 - t0, t1),
+        ]

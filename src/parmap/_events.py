@@ -1,0 +1,184 @@
+"""What passes between a pool's parts: events in, commands out.
+
+A backend turns what it reads (a worker's message, a process's exit) into
+*events*; the engine alone hands them to the scheduler (``Scheduler.handle``)
+and carries out the *commands* the scheduler queues in return. Every event
+carries the time it was seen and, where the scheduler must know what a worker
+was running (a death, a deadline), the worker's beacon reading taken then, so
+the scheduler never reads a clock or a backend itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._stats import Slice
+
+BeaconReading = tuple[int, float | None] | None
+"""What a worker's beacon says: items started since birth, and a time by which
+the item running now had started (its start time where the backend knows it;
+``math.inf`` when it cannot tell), or ``None`` between items. ``None`` as a
+whole means the reading was torn and should be retried later."""
+
+
+# ----------------------------------------------------------------- commands
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    """Start worker ``wid``."""
+
+    wid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send an encoded chunk to worker ``wid``."""
+
+    wid: int
+    payload: object
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """Kill worker ``wid`` now (it is running something we gave up on)."""
+
+    wid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retire:
+    """Stop idle worker ``wid`` gracefully."""
+
+    wid: int
+
+
+Command = Spawn | Send | Kill | Retire
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMessage:
+    """A chunk for a backend to encode: inputs ``args`` of map ``job_id``.
+
+    ``fn`` is the map's function payload with the map's first chunk to each
+    worker, else None; ``timed`` tells a backend whose workers date their
+    items only when asked (processes) that the map has a timeout;
+    ``threshold`` is the map's ``shared_memory_threshold``.
+    """
+
+    job_id: int
+    fn: Any
+    star: bool
+    args: list[Any]
+    timed: bool = True
+    threshold: int | None = None
+
+
+# ------------------------------------------------------------------- events
+@dataclass(frozen=True, slots=True)
+class Started:
+    """Worker ``wid``'s process was started at ``now`` (its start-up clock runs)."""
+
+    wid: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnFailed:
+    """Worker ``wid`` could not be started."""
+
+    wid: int
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Worker ``wid`` started and ran its initializer (``now`` None: dispatch later)."""
+
+    wid: int
+    now: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InitFailed:
+    """Worker ``wid``'s initializer raised ``error``."""
+
+    wid: int
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Worker ``wid`` reports the next ``len(values)`` outcomes of its chunk.
+
+    ``errors`` maps positions in ``values`` to their exception; ``busy`` is
+    the time spent running them, ``slices`` when (``(t0, t1, count)``) where
+    the backend knows it.
+    """
+
+    wid: int
+    values: list[Any]
+    errors: dict[int, BaseException] | None
+    busy: float
+    now: float
+    slices: list[Slice] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Worker ``wid`` could not unpickle the chunk it was running."""
+
+    wid: int
+    error: BaseException
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """Worker ``wid`` exited with ``exitcode``; ``hint`` says why, if known."""
+
+    wid: int
+    exitcode: int | None
+    now: float
+    beacon: BeaconReading
+    hint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """A worker's backlog of unsent chunks cleared: work may be sent ahead again."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed to ``now``: check deadlines, with the beacons the scheduler
+    asked for (``Scheduler.beacons_wanted``) read at that moment."""
+
+    now: float
+    beacons: Mapping[int, BeaconReading] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """The memory (``rss``, None if unreadable) of the workers whose reading
+    was due, and their beacons, read at ``now``."""
+
+    rss: Mapping[int, int | None]
+    beacons: Mapping[int, BeaconReading]
+    now: float
+
+
+Event = (
+    Started
+    | SpawnFailed
+    | Ready
+    | InitFailed
+    | Batch
+    | Undecodable
+    | Exited
+    | Drained
+    | Tick
+    | Measured
+)
