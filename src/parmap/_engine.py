@@ -35,7 +35,20 @@ from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 from ._backends.base import Backend, Waitable
-from ._events import Drained, Event, Kill, Measured, Retire, Send, Spawn, SpawnFailed, Started, Tick
+from ._events import (
+    Drained,
+    Encoded,
+    Event,
+    Kill,
+    Measured,
+    Retire,
+    Send,
+    Spawn,
+    SpawnFailed,
+    Started,
+    Tick,
+    encode_chunk,
+)
 from ._loopwatch import ReaderWatch, ThreadWatch, fd_of, make_watch
 from ._memory import Gauge
 from ._options import MapConfig, PoolConfig
@@ -79,7 +92,6 @@ class Engine:
         self.preload = caps.preload
         self.sched = Scheduler(
             caps.workers,
-            encode=self.backend.encode,
             max_tasks_per_worker=config.max_tasks_per_worker,
             item_beacon=caps.item_beacon,
             can_kill=caps.can_kill,
@@ -126,7 +138,13 @@ class Engine:
         while commands := sched.take_commands():
             for cmd in commands:
                 if isinstance(cmd, Send):
-                    backend.send(cmd.wid, cmd.payload)
+                    # Pickling happens here, not in the scheduler; how it went
+                    # (the chunk's weight, or which inputs do not pickle) is
+                    # an event, which may queue the next Send for this loop.
+                    payload, report = encode_chunk(backend.encode, cmd)
+                    if isinstance(report, Encoded):
+                        backend.send(cmd.wid, payload)
+                    sched.handle(report)
                 elif isinstance(cmd, Spawn):
                     if self._gauge is not None:
                         self._gauge.spawned(cmd.wid)
