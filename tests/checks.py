@@ -13,7 +13,8 @@ from typing import TypeVar
 import pytest
 
 from parmap import MapResult
-from parmap._events import ChunkMessage, Send
+from parmap._events import ChunkMessage, Command, Encoded, Send, encode_chunk
+from parmap._scheduler import Scheduler
 
 T = TypeVar("T")
 
@@ -88,7 +89,30 @@ def seed_expectations(res: MapResult[int]) -> None:
         assert has_traceback(error)
 
 
-def sent(cmd: Send) -> ChunkMessage:
-    """The chunk in ``cmd``, from a scheduler whose ``encode`` returns its message."""
-    assert isinstance(cmd.payload, ChunkMessage), cmd.payload
-    return cmd.payload
+def execute(
+    sched: Scheduler,
+    run: Callable[[Command], None] = lambda cmd: None,
+    *,
+    encode: Callable[[ChunkMessage], object] = lambda message: message,
+) -> list[Command]:
+    """Carry out what ``sched`` asks for the way ``Engine.execute`` does; return it.
+
+    Each command is ``run`` in order; a ``Send`` is first encoded with
+    ``encode`` (by default the message itself, as for an in-process backend)
+    and how that went is reported to the scheduler, which may then queue
+    more. A chunk that does not encode is not run (nor returned): it never
+    left.
+    """
+    done: list[Command] = []
+    while commands := sched.take_commands():
+        for cmd in commands:
+            if isinstance(cmd, Send):
+                _payload, report = encode_chunk(encode, cmd)
+                if isinstance(report, Encoded):
+                    run(cmd)
+                    done.append(cmd)
+                sched.handle(report)
+            else:
+                run(cmd)
+                done.append(cmd)
+    return done

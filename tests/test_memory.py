@@ -27,13 +27,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parmap import Pool, WorkerCrashedError, WorkerMemoryError, parallel, pmap
-from parmap._events import Kill, Measured, Retire, Send, Spawn, Tick
+from parmap._events import Command, Kill, Measured, Retire, Send, Spawn, Tick
 from parmap._memory import Gauge, OomWatch, oom_kills, parse_size, read_rss
 from parmap._options import MapConfig, PoolConfig
 from parmap._scheduler import MEMORY_POLL_SECONDS, Scheduler
 
+from . import checks
 from . import memory_cases as cases
-from .checks import run_limited, sent
+from .checks import run_limited
 from .test_scheduler import Harness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,7 +206,7 @@ def test_between_items_a_worker_above_three_quarters_is_retired_and_nothing_fail
     h.memory({1: 100 * MB})  # under 75%: it gets the next item
     commands = h.flush()
     assert Retire(1) not in commands
-    assert [sent(c).args for c in commands if isinstance(c, Send)] == [["c"]]
+    assert [c.message.args for c in commands if isinstance(c, Send)] == [["c"]]
     assert job.failures == 0
 
 
@@ -463,12 +464,7 @@ def test_random_readings_keep_every_promise(
     busy = rng.choice([1e-5, 0.001])  # fast items are sent ahead
     limit, base = 200 * MB, 20 * MB
     n = len(keeps)
-    sched = Scheduler(
-        workers,
-        encode=lambda m: m,
-        memory_limit=limit,
-        prefetch=True,
-    )
+    sched = Scheduler(workers, memory_limit=limit, prefetch=True)
     model: dict[int, _ModelWorker] = {}
     last_reading: dict[int, int] = {}
 
@@ -492,22 +488,24 @@ def test_random_readings_keep_every_promise(
             readings = {wid: rss_of(wid) for wid in due}
             last_reading.update(readings)
             sched.handle(Measured(readings, {wid: beacon(wid) for wid in due}, now))
-        for cmd in sched.take_commands():
-            if isinstance(cmd, Spawn):
-                model[cmd.wid] = _ModelWorker(base)
-            elif isinstance(cmd, Send):
-                w = model[cmd.wid]
-                # An idle worker is measured first; a busy one may get its
-                # next chunk ahead (it runs its chunks in order).
-                assert w.chunk or not sched.slots[cmd.wid].mem_check, "sent before measured"
-                args = sent(cmd).args
-                w.chunk += list(range(args[0], args[0] + len(args)))
-            elif isinstance(cmd, Retire):
-                assert not model[cmd.wid].chunk, "a busy worker was retired"
-                assert last_reading[cmd.wid] > 0.75 * limit or sched.closing
-                del model[cmd.wid]
-            elif isinstance(cmd, Kill):
-                del model[cmd.wid]
+        checks.execute(sched, run)
+
+    def run(cmd: Command) -> None:
+        if isinstance(cmd, Spawn):
+            model[cmd.wid] = _ModelWorker(base)
+        elif isinstance(cmd, Send):
+            w = model[cmd.wid]
+            # An idle worker is measured first; a busy one may get its
+            # next chunk ahead (it runs its chunks in order).
+            assert w.chunk or not sched.slots[cmd.wid].mem_check, "sent before measured"
+            args = cmd.message.args
+            w.chunk += list(range(args[0], args[0] + len(args)))
+        elif isinstance(cmd, Retire):
+            assert not model[cmd.wid].chunk, "a busy worker was retired"
+            assert last_reading[cmd.wid] > 0.75 * limit or sched.closing
+            del model[cmd.wid]
+        elif isinstance(cmd, Kill):
+            del model[cmd.wid]
 
     job = sched.new_job(MapConfig(on_error="collect"), fn_payload=b"fn", star=False, ordered=True)
     sched.feed(job, list(range(n)), now)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from parmap import TaskTimeoutError, WorkerCrashedError
 from parmap._backends.process import ProcessBackend
-from parmap._events import ChunkMessage, Exited, Kill, Measured, Retire, Send, Spawn, Tick
+from parmap._events import ChunkMessage, Command, Exited, Kill, Measured, Retire, Send, Spawn, Tick
 from parmap._options import MapConfig, PoolConfig
 from parmap._pickling import dump_function
 from parmap._scheduler import (
@@ -25,7 +25,7 @@ from parmap._scheduler import (
 )
 from parmap._wire import Encoded
 
-from .checks import sent
+from .checks import execute
 
 
 class Harness:
@@ -36,17 +36,7 @@ class Harness:
         self.beacons: dict[int, tuple[int, float | None]] = {}
         self.bad_args = bad_args
 
-        def encode(message: ChunkMessage) -> object:
-            for arg in message.args:
-                if arg in self.bad_args:
-                    raise TypeError(f"cannot pickle {arg!r}")
-            return message
-
-        self.sched = Scheduler(
-            workers,
-            encode=encode,
-            **kwargs,
-        )
+        self.sched = Scheduler(workers, **kwargs)
         self.log: list[Any] = []
         self.chunks: dict[int, list[Any]] = {}  # what each worker runs now
         self.queued: dict[int, list[list[Any]]] = {}  # and what it runs next (prefetch)
@@ -80,18 +70,27 @@ class Harness:
         beacons = {wid: self.beacon(wid) for wid in readings}
         self.sched.handle(Measured(readings, beacons, self.now))
 
+    def encode(self, message: ChunkMessage) -> object:
+        for arg in message.args:
+            if arg in self.bad_args:
+                raise TypeError(f"cannot pickle {arg!r}")
+        return message
+
+    def run(self, cmd: Command) -> None:
+        """A worker gets what the scheduler asked for."""
+        if isinstance(cmd, Send):
+            args = list(cmd.message.args)
+            if self.chunks.get(cmd.wid):
+                self.queued.setdefault(cmd.wid, []).append(args)
+            else:
+                self.chunks[cmd.wid] = args
+        elif isinstance(cmd, Kill | Retire):
+            self.chunks.pop(cmd.wid, None)
+            self.queued.pop(cmd.wid, None)
+
     def flush(self) -> list[Any]:
-        commands = self.sched.take_commands()
-        for cmd in commands:
-            if isinstance(cmd, Send):
-                args = list(sent(cmd).args)
-                if self.chunks.get(cmd.wid):
-                    self.queued.setdefault(cmd.wid, []).append(args)
-                else:
-                    self.chunks[cmd.wid] = args
-            elif isinstance(cmd, Kill | Retire):
-                self.chunks.pop(cmd.wid, None)
-                self.queued.pop(cmd.wid, None)
+        """Carry out the commands, as the engine does (a chunk is encoded first)."""
+        commands = execute(self.sched, self.run, encode=self.encode)
         self.log.extend(commands)
         return commands
 
@@ -181,21 +180,25 @@ def test_a_big_function_does_not_make_its_items_count_as_big() -> None:
     # not count as the weight of its one item, or every chunk after it would
     # hold one item (MAX_CHUNK_BYTES / 8 MB < 1). Real encoding, no processes.
     backend = ProcessBackend(PoolConfig(workers=1, start_method="fork"))
-    sched = Scheduler(1, encode=backend.encode)
+    payloads: list[Encoded] = []
+
+    def encode(message: ChunkMessage) -> object:
+        payloads.append(backend.encode(message))
+        return payloads[-1]
+
+    sched = Scheduler(1)
     fn = dump_function(partial(max, b"x" * (8 << 20)), "fork")
     job = sched.new_job(MapConfig(), fn_payload=fn, star=False, ordered=False, total=None)
     sched.feed(job, list(range(20_000)), 0.0)
     sched.end_input(job)
-    first = [c for c in sched.take_commands() if isinstance(c, Send)]
-    assert (
-        len(first) == 1 and len(cast(Encoded, first[0].payload).body) > 8 << 20
-    )  # it does carry the function
+    first = [c for c in execute(sched, encode=encode) if isinstance(c, Send)]
+    assert len(first) == 1 and len(payloads[0].body) > 8 << 20  # it does carry the function
     sched.on_batch(0, [0], None, busy=1e-6, now=0.001)
-    second = [c for c in sched.take_commands() if isinstance(c, Send)]
+    second = [c for c in execute(sched, encode=encode) if isinstance(c, Send)]
     slot = sched.slots[0]
     assert len(second) == 1 and slot.chunk is not None
     assert len(slot.chunk.args) > 1_000
-    assert len(cast(Encoded, second[0].payload).body) < 1 << 20  # and it alone
+    assert len(payloads[1].body) < 1 << 20  # and it alone
 
 
 def test_buffer_bounds_how_much_input_is_pulled_ahead_of_the_consumer() -> None:

@@ -8,9 +8,10 @@ input that raises, chunk size, buffer, retries, timeouts, ``raise`` or
 ``collect``, ordered or not, an early cancel). A seeded random walk then plays
 the world around the scheduler, the way the drivers and real workers would:
 
-* model workers receive the ``Send`` payloads (``encode`` returns the message
-  tuple itself), run their chunk's items in order, keep a beacon (which may
-  date a running item only later, or never, as a real one may), report
+* model workers receive the chunks of ``Send`` (encoded and reported as the
+  engine does, see ``checks.execute``; ``encode`` refuses unpicklable
+  inputs), run their chunk's items in order, keep a beacon (which may date a
+  running item only later, or never, as a real one may), report
   outcomes in batches (at once after a failure, otherwise whenever they like),
   die mid-item (crash fates, outside kills) or hang until killed;
 * time is fake and only moves forward; ``on_time`` runs when a deadline
@@ -36,11 +37,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from parmap import TaskTimeoutError, WorkerCrashedError
-from parmap._events import ChunkMessage, Exited, Kill, Retire, Send, Spawn, Tick
+from parmap._events import ChunkMessage, Command, Exited, Kill, Retire, Send, Spawn, Tick
 from parmap._options import MapConfig
 from parmap._scheduler import MAX_STARTUP_FAILURES, Job, Scheduler
 
-from .checks import sent
+from .checks import execute
 
 #: Raise for a longer hunt, e.g. PARMAP_PROPERTY_EXAMPLES=20000.
 EXAMPLES = int(os.environ.get("PARMAP_PROPERTY_EXAMPLES", "300"))
@@ -195,11 +196,7 @@ class Sim:
         self.spec = spec
         self.rng = random.Random(spec.seed)
         self.now = 0.0
-        self.sched = Scheduler(
-            spec.workers,
-            encode=self.encode,
-            max_tasks_per_worker=spec.max_tasks,
-        )
+        self.sched = Scheduler(spec.workers, max_tasks_per_worker=spec.max_tasks)
         self.workers: dict[int, ModelWorker] = {}
         self.dead: dict[int, ModelWorker] = {}  # died; the scheduler's Kill is still due
         self.ever_spawned: set[int] = set()
@@ -213,7 +210,7 @@ class Sim:
         self.closed = False
         self.step = 0
 
-    # --------------------------------------- what the scheduler and engine call
+    # ------------------------------------------------- what the engine calls
     def encode(self, message: ChunkMessage) -> object:
         jid, args = message.job_id, message.args
         for arg in args:
@@ -235,15 +232,17 @@ class Sim:
 
     # ------------------------------------------------------------- commands
     def execute(self) -> None:
-        for cmd in self.sched.take_commands():
-            if isinstance(cmd, Spawn):
-                self.on_spawn(cmd.wid)
-            elif isinstance(cmd, Send):
-                self.on_send(cmd.wid, cmd.payload)
-            elif isinstance(cmd, Kill):
-                self.on_kill(cmd.wid)
-            elif isinstance(cmd, Retire):
-                self.on_retire(cmd.wid)
+        execute(self.sched, self.carry_out, encode=self.encode)
+
+    def carry_out(self, cmd: Command) -> None:
+        if isinstance(cmd, Spawn):
+            self.on_spawn(cmd.wid)
+        elif isinstance(cmd, Send):
+            self.on_send(cmd.wid, cmd.message)
+        elif isinstance(cmd, Kill):
+            self.on_kill(cmd.wid)
+        elif isinstance(cmd, Retire):
+            self.on_retire(cmd.wid)
 
     def on_spawn(self, wid: int) -> None:
         check(not self.sched.closing, "a worker was spawned after close()")
@@ -251,10 +250,10 @@ class Sim:
         self.ever_spawned.add(wid)
         self.workers[wid] = ModelWorker(wid)
 
-    def on_send(self, wid: int, payload: object) -> None:
+    def on_send(self, wid: int, payload: ChunkMessage) -> None:
         worker = self.workers.get(wid)
         check(worker is not None, f"chunk sent to worker {wid}, which is not alive")
-        assert worker is not None and isinstance(payload, ChunkMessage)
+        assert worker is not None
         check(worker.chunk is None, f"worker {wid} was sent a chunk while it still had one")
         jid, fn, star, args = payload.job_id, payload.fn, payload.star, payload.args
         state = self.states[jid]
@@ -760,25 +759,25 @@ def test_every_input_gets_exactly_one_outcome_in_collect_mode(
 
 # ------------------------------------------- regressions the model turned up
 def _two_maps_one_worker() -> tuple[Scheduler, Job, Job]:
-    sched = Scheduler(1, encode=lambda message: message)
+    sched = Scheduler(1)
     first = sched.new_job(MapConfig(), fn_payload=b"a", star=False, ordered=False)
     second = sched.new_job(MapConfig(), fn_payload=b"b", star=False, ordered=False)
     for job, value in ((first, 1), (second, 2)):
         sched.feed(job, [value], 0.0)
         sched.end_input(job)
     sched.on_ready(0)
-    sends = [c for c in sched.take_commands() if isinstance(c, Send)]
-    assert [sent(c).job_id for c in sends] == [first.id]
+    sends = [c for c in execute(sched) if isinstance(c, Send)]
+    assert [c.message.job_id for c in sends] == [first.id]
     return sched, first, second
 
 
 def _served(sched: Scheduler, job: Job) -> bool:
-    commands = sched.take_commands()
-    for cmd in commands:
+    def run(cmd: Command) -> None:
         if isinstance(cmd, Spawn):
             sched.on_ready(cmd.wid)
-    commands += sched.take_commands()
-    return any(isinstance(c, Send) and sent(c).job_id == job.id for c in commands)
+
+    commands = execute(sched, run)
+    return any(isinstance(c, Send) and c.message.job_id == job.id for c in commands)
 
 
 def test_cancelling_a_map_does_not_strand_a_map_waiting_for_its_worker() -> None:
@@ -800,8 +799,9 @@ def test_unpicklable_input_that_stops_a_raise_mode_map_leaves_nothing_pending() 
             raise TypeError("cannot pickle 1")
         return message
 
-    sched = Scheduler(1, encode=encode)
+    sched = Scheduler(1)
     job = sched.new_job(MapConfig(chunksize=3), fn_payload=b"f", star=False, ordered=False)
     sched.feed(job, [0, 1, 2], 0.0)
+    execute(sched, encode=encode)
     assert job.closed and isinstance(job.error, pickle.PicklingError)
     assert not job.pending, f"a stopped map still holds inputs: {list(job.pending)}"

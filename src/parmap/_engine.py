@@ -24,7 +24,19 @@ from typing import Any
 
 from ._attach import Attachment
 from ._backends.base import Backend, Waitable
-from ._events import Drained, Kill, Measured, Retire, Send, Spawn, SpawnFailed, Started, Tick
+from ._events import (
+    Drained,
+    Encoded,
+    Kill,
+    Measured,
+    Retire,
+    Send,
+    Spawn,
+    SpawnFailed,
+    Started,
+    Tick,
+    encode_chunk,
+)
 from ._memory import Gauge
 from ._options import MapConfig, PoolConfig
 from ._pump import Pump
@@ -64,7 +76,6 @@ class Engine:
         self.preload = caps.preload
         self.sched = Scheduler(
             caps.workers,
-            encode=self.backend.encode,
             max_tasks_per_worker=config.max_tasks_per_worker,
             item_beacon=caps.item_beacon,
             can_kill=caps.can_kill,
@@ -99,7 +110,13 @@ class Engine:
         while commands := sched.take_commands():
             for cmd in commands:
                 if isinstance(cmd, Send):
-                    backend.send(cmd.wid, cmd.payload)
+                    # Pickling happens here, not in the scheduler; how it went
+                    # (the chunk's weight, or which inputs do not pickle) is
+                    # an event, which may queue the next Send for this loop.
+                    payload, report = encode_chunk(backend.encode, cmd)
+                    if isinstance(report, Encoded):
+                        backend.send(cmd.wid, payload)
+                    sched.handle(report)
                 elif isinstance(cmd, Spawn):
                     if self._gauge is not None:
                         self._gauge.spawned(cmd.wid)

@@ -10,10 +10,11 @@ the scheduler never reads a clock or a backend itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _wire
 from ._stats import Slice
 
 BeaconReading = tuple[int, float | None] | None
@@ -33,10 +34,11 @@ class Spawn:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Send an encoded chunk to worker ``wid``."""
+    """Send chunk ``message`` to worker ``wid``: the engine has the backend encode
+    it and reports back (``Encoded``, or ``Unpicklable``; see ``encode_chunk``)."""
 
     wid: int
-    payload: object
+    message: ChunkMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,29 @@ class Measured:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """The chunk last sent to worker ``wid`` (``items`` inputs of map ``job_id``)
+    was encoded; its arguments weigh ``weight`` bytes (None: the backend does
+    not pickle them, or cannot tell)."""
+
+    wid: int
+    job_id: int
+    items: int
+    weight: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unpicklable:
+    """The chunk last sent to worker ``wid`` could not be encoded, so it was not
+    sent; ``errors`` maps the positions of the inputs that cannot be pickled,
+    each tried alone, to why."""
+
+    wid: int
+    job_id: int
+    errors: dict[int, Exception]
+
+
 Event = (
     Started
     | SpawnFailed
@@ -181,4 +206,36 @@ Event = (
     | Drained
     | Tick
     | Measured
+    | Encoded
+    | Unpicklable
 )
+
+
+def encode_chunk(
+    encode: Callable[[ChunkMessage], object], send: Send
+) -> tuple[object, Encoded | Unpicklable]:
+    """Encode the chunk of ``send`` with a backend's ``encode``.
+
+    Returns the payload for the backend's ``send`` and the event that tells the
+    scheduler how it went. The weight is what the arguments alone weigh: the
+    function a map's first chunk carries says nothing about its items. When
+    the chunk does not encode, each input is tried alone, to name the culprits
+    (the payload is then None and nothing must be sent).
+    """
+    message = send.message
+    try:
+        payload = encode(message)
+    except Exception:
+        errors: dict[int, Exception] = {}
+        for pos, arg in enumerate(message.args):
+            try:
+                encode(ChunkMessage(message.job_id, None, message.star, [arg]))
+            except Exception as exc:
+                errors[pos] = exc
+        return None, Unpicklable(send.wid, message.job_id, errors)
+    weight = None
+    if isinstance(payload, _wire.Encoded):
+        weight = payload.nbytes
+    elif isinstance(payload, bytes):
+        weight = len(payload)
+    return payload, Encoded(send.wid, message.job_id, len(message.args), weight)
