@@ -41,9 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+from .._codec import PROTOCOL, decode_batch, run_chunk
 from .._options import PoolConfig
 from .._scheduler import BeaconReading, ChunkMessage, Scheduler
-from .._worker import PROTOCOL, decode_batch, run_chunk
 from .base import Capabilities, InProcessIO, Waitable
 from .thread import (
     DONE,
