@@ -62,6 +62,9 @@ PAYLOAD_CACHE = 16
 _SIMPLE = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
+# --------------------------------------------------------------- errors
+
+
 def encode_error(exc: BaseException) -> ErrorPayload:
     """Make any exception safe to send: pickled if it round-trips, plus text.
 
@@ -158,6 +161,9 @@ def drop_tracebacks(exc: E) -> E:
     return exc
 
 
+# ------------------------------------------------------------- outcomes
+
+
 class NotPlain(Exception):
     pass
 
@@ -183,65 +189,6 @@ class Failed:
 
     def __init__(self, payload: ErrorPayload) -> None:
         self.payload = payload
-
-
-def raiser(exc: BaseException) -> Callable[..., Any]:
-    """A function that raises ``exc``: a map's function that could not be loaded."""
-
-    def fail(*args: Any) -> Any:
-        raise exc
-
-    return fail
-
-
-class FunctionCache(Generic[K]):
-    """The functions of the last ``size`` keys, the oldest forgotten first.
-
-    First in, first out (not least recently used), because the scheduler
-    mirrors a process worker's cache (``FUNCTION_CACHE``) and must know which
-    function the worker forgot. Safe to share between threads.
-    """
-
-    __slots__ = ("_functions", "_lock", "_size")
-
-    def __init__(self, size: int) -> None:
-        self._functions: dict[K, Callable[..., Any]] = {}
-        self._lock = threading.Lock()
-        self._size = size
-
-    def __len__(self) -> int:
-        return len(self._functions)
-
-    def get(self, key: K) -> Callable[..., Any] | None:
-        """The function stored under ``key``, or None."""
-        with self._lock:
-            return self._functions.get(key)
-
-    def put(self, key: K, fn: Callable[..., Any]) -> None:
-        """Store ``fn`` under ``key``, forgetting the oldest beyond ``size``."""
-        with self._lock:
-            if len(self._functions) >= self._size:
-                self._functions.pop(next(iter(self._functions)))
-            self._functions[key] = fn
-
-    def forget(self, key: K) -> None:
-        """Let go of the function under ``key`` (its map is over)."""
-        with self._lock:
-            self._functions.pop(key, None)
-
-
-# ------------------------------------------------------- chunks run elsewhere
-# An executor's or dask's worker runs a chunk as one call in a process or
-# thread that parmap does not own: no pipe and no beacon, so the outcomes come
-# back together as the call's return value. The rules are the worker loop's:
-# every exception is caught and made safe to send, and every result that is
-# not a plain value is pickled on its own, so one bad item fails only itself.
-
-Batch = tuple[list[Any], dict[int, ErrorPayload] | None, list[int] | None, float]
-"""The body of a ``BATCH`` message: values, error payloads by position, the
-positions of values pickled on their own, and the seconds spent running."""
-
-_LOADED: FunctionCache[bytes] = FunctionCache(PAYLOAD_CACHE)
 
 
 def encode_outcomes(
@@ -299,46 +246,9 @@ def encode_batch(
     return buffer.getbuffer(), ()
 
 
-def load_function(payload: bytes) -> Callable[..., Any]:
-    """Unpickle a map's function (cached: every chunk carries it again).
-
-    A function that cannot be unpickled becomes one that raises why, so each
-    item fails with the reason instead of the whole chunk.
-    """
-    known = _LOADED.get(payload)
-    if known is not None:
-        return known
-    try:
-        loaded = pickle.loads(payload)
-    except BaseException as exc:
-        return raiser(exc)
-    fn: Callable[..., Any] = getattr(loaded, "__parmap_inline__", loaded)
-    _LOADED.put(payload, fn)
-    return fn
-
-
-def run_chunk(data: bytes) -> Batch:
-    """Run a pickled chunk right here and return its outcomes as a ``Batch``.
-
-    ``data`` pickles ``(function_payload, star, [args, ...])``. An executor's
-    or dask's worker calls this; it never raises for an item, only when
-    ``data`` itself cannot be unpickled.
-    """
-    payload, star, chunk = pickle.loads(data)
-    fn = load_function(payload)
-    monotonic = time.monotonic
-    values: list[Any] = []
-    busy = 0.0
-    for args in chunk:
-        t0 = monotonic()
-        try:
-            value = fn(*args) if star else fn(args)
-        except BaseException as exc:
-            value = Failed(encode_error(exc))
-        busy += monotonic() - t0
-        values.append(value)
-    values, errors, pickled = encode_outcomes(values)
-    return values, errors, pickled, busy
+Batch = tuple[list[Any], dict[int, ErrorPayload] | None, list[int] | None, float]
+"""The body of a ``BATCH`` message: values, error payloads by position, the
+positions of values pickled on their own, and the seconds spent running."""
 
 
 def decode_batch(
@@ -370,3 +280,104 @@ def decode_batch(
             rebuilt = rebuilt or {}
             rebuilt[pos] = error
     return values, rebuilt
+
+
+# ------------------------------------------------------------ functions
+
+
+def raiser(exc: BaseException) -> Callable[..., Any]:
+    """A function that raises ``exc``: a map's function that could not be loaded."""
+
+    def fail(*args: Any) -> Any:
+        raise exc
+
+    return fail
+
+
+class FunctionCache(Generic[K]):
+    """The functions of the last ``size`` keys, the oldest forgotten first.
+
+    First in, first out (not least recently used), because the scheduler
+    mirrors a process worker's cache (``FUNCTION_CACHE``) and must know which
+    function the worker forgot. Safe to share between threads.
+    """
+
+    __slots__ = ("_functions", "_lock", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._functions: dict[K, Callable[..., Any]] = {}
+        self._lock = threading.Lock()
+        self._size = size
+
+    def __len__(self) -> int:
+        return len(self._functions)
+
+    def get(self, key: K) -> Callable[..., Any] | None:
+        """The function stored under ``key``, or None."""
+        with self._lock:
+            return self._functions.get(key)
+
+    def put(self, key: K, fn: Callable[..., Any]) -> None:
+        """Store ``fn`` under ``key``, forgetting the oldest beyond ``size``."""
+        with self._lock:
+            if len(self._functions) >= self._size:
+                self._functions.pop(next(iter(self._functions)))
+            self._functions[key] = fn
+
+    def forget(self, key: K) -> None:
+        """Let go of the function under ``key`` (its map is over)."""
+        with self._lock:
+            self._functions.pop(key, None)
+
+
+_LOADED: FunctionCache[bytes] = FunctionCache(PAYLOAD_CACHE)
+
+
+def load_function(payload: bytes) -> Callable[..., Any]:
+    """Unpickle a map's function (cached: every chunk carries it again).
+
+    A function that cannot be unpickled becomes one that raises why, so each
+    item fails with the reason instead of the whole chunk.
+    """
+    known = _LOADED.get(payload)
+    if known is not None:
+        return known
+    try:
+        loaded = pickle.loads(payload)
+    except BaseException as exc:
+        return raiser(exc)
+    fn: Callable[..., Any] = getattr(loaded, "__parmap_inline__", loaded)
+    _LOADED.put(payload, fn)
+    return fn
+
+
+# ------------------------------------------------- chunks run elsewhere
+# An executor's or dask's worker runs a chunk as one call in a process or
+# thread that parmap does not own: no pipe and no beacon, so the outcomes come
+# back together as the call's return value. The rules are the worker loop's:
+# every exception is caught and made safe to send, and every result that is
+# not a plain value is pickled on its own, so one bad item fails only itself.
+
+
+def run_chunk(data: bytes) -> Batch:
+    """Run a pickled chunk right here and return its outcomes as a ``Batch``.
+
+    ``data`` pickles ``(function_payload, star, [args, ...])``. An executor's
+    or dask's worker calls this; it never raises for an item, only when
+    ``data`` itself cannot be unpickled.
+    """
+    payload, star, chunk = pickle.loads(data)
+    fn = load_function(payload)
+    monotonic = time.monotonic
+    values: list[Any] = []
+    busy = 0.0
+    for args in chunk:
+        t0 = monotonic()
+        try:
+            value = fn(*args) if star else fn(args)
+        except BaseException as exc:
+            value = Failed(encode_error(exc))
+        busy += monotonic() - t0
+        values.append(value)
+    values, errors, pickled = encode_outcomes(values)
+    return values, errors, pickled, busy
