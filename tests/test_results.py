@@ -10,8 +10,8 @@ from dataclasses import FrozenInstanceError
 import pytest
 
 from parmap import MapResult, Outcome, RemoteError, TaskTimeoutError, WorkerCrashedError
+from parmap._codec import encode_error
 from parmap._results import mark_index, outcome, rebuild_error
-from parmap._worker import encode_error
 
 from . import jobs
 from .jobs import NeedsTwoArgs
@@ -163,7 +163,7 @@ def test_a_frozen_exception_survives_tblibs_reducers() -> None:
         "tblib.pickling_support.install()\n"
         "from tests import jobs\n"
         "from parmap._results import rebuild_error\n"
-        "from parmap._worker import encode_error\n"
+        "from parmap._codec import encode_error\n"
         "try:\n"
         '    jobs.validate_record(\'{"name": ""}\')\n'
         "except Exception as exc:\n"

@@ -27,7 +27,7 @@ from ._pickling import dump_function
 from ._progress import Progress
 from ._results import MapResult, Outcome
 from ._resume import Resume
-from ._scheduler import Job
+from ._scheduler import Job, Segment
 from ._stats import MapStats
 
 if TYPE_CHECKING:
@@ -157,26 +157,25 @@ class MapCall:
         path = self.config.checkpoint
         return None if path is None else Resume(os.fspath(path), self.fn, eager=stream)
 
+    def segments(self, resume: Resume | None) -> Generator[Segment, None, None]:
+        """The map's outcomes as they complete, driven by blocking waits."""
+        return iterate(self.engine, self.new_job, _source(self.iterables), self.progress(), resume)
+
+    def asegments(self, resume: Resume | None) -> AsyncGenerator[Segment, None]:
+        """The same, driven by the running event loop."""
+        source = _async_source(self.iterables)
+        return aiterate(self.engine, self.new_job, source, self.progress(), resume)
+
     def run(self) -> MapResult[Any]:
         values: list[Any] = []
         errors: dict[int, BaseException] = {}
         resume = self.resume(stream=False)
-        collect(
-            iterate(self.engine, self.new_job, _source(self.iterables), self.progress(), resume),
-            values,
-            errors,
-        )
+        collect(self.segments(resume), values, errors)
         resumed = 0 if resume is None else resume.resumed
         return MapResult(values, dict(sorted(errors.items())), self.stats(), resumed=resumed)
 
     def stream(self) -> Generator[Outcome[Any], None, None]:
-        segments = iterate(
-            self.engine,
-            self.new_job,
-            _source(self.iterables),
-            self.progress(),
-            self.resume(stream=True),
-        )
+        segments = self.segments(self.resume(stream=True))
         try:
             yield from outcomes(segments)
         finally:
@@ -186,9 +185,7 @@ class MapCall:
         values: list[Any] = []
         errors: dict[int, BaseException] = {}
         resume = self.resume(stream=False)
-        segments = aiterate(
-            self.engine, self.new_job, _async_source(self.iterables), self.progress(), resume
-        )
+        segments = self.asegments(resume)
         try:
             async for segment in segments:
                 collect((segment,), values, errors)
@@ -202,13 +199,7 @@ class MapCall:
         return MapResult(values, dict(sorted(errors.items())), self.stats(), resumed=resumed)
 
     async def astream(self) -> AsyncGenerator[Outcome[Any], None]:
-        segments = aiterate(
-            self.engine,
-            self.new_job,
-            _async_source(self.iterables),
-            self.progress(),
-            self.resume(stream=True),
-        )
+        segments = self.asegments(self.resume(stream=True))
         try:
             async for segment in segments:
                 for outcome in outcomes((segment,)):

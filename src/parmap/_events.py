@@ -58,6 +58,12 @@ class Retire:
 Command = Spawn | Send | Kill | Retire
 
 
+#: How many maps' functions a process worker keeps: ``ChunkMessage.fn`` is
+#: sent to a worker only when its cache lacks the map's function, so the
+#: scheduler keeps the same count per worker.
+FUNCTION_CACHE = 64
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkMessage:
     """A chunk for a backend to encode: inputs ``args`` of map ``job_id``.
@@ -78,39 +84,42 @@ class ChunkMessage:
 
 # ------------------------------------------------------------------- events
 @dataclass(frozen=True, slots=True)
-class Started:
+class _OfWorker:
+    # What most events start with: the worker they are about.
+    wid: int
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerFailed(_OfWorker):
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Started(_OfWorker):
     """Worker ``wid``'s process was started at ``now`` (its start-up clock runs)."""
 
-    wid: int
     now: float
 
 
 @dataclass(frozen=True, slots=True)
-class SpawnFailed:
-    """Worker ``wid`` could not be started."""
-
-    wid: int
-    error: BaseException
+class SpawnFailed(_WorkerFailed):
+    """Worker ``wid`` could not be started (``error`` says why)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Ready:
+class Ready(_OfWorker):
     """Worker ``wid`` started and ran its initializer (``now`` None: dispatch later)."""
 
-    wid: int
     now: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class InitFailed:
+class InitFailed(_WorkerFailed):
     """Worker ``wid``'s initializer raised ``error``."""
-
-    wid: int
-    error: BaseException
 
 
 @dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(_OfWorker):
     """Worker ``wid`` reports the next ``len(values)`` outcomes of its chunk.
 
     ``errors`` maps positions in ``values`` to their exception; ``busy`` is
@@ -118,7 +127,6 @@ class Batch:
     the backend knows it.
     """
 
-    wid: int
     values: list[Any]
     errors: dict[int, BaseException] | None
     busy: float
@@ -127,19 +135,16 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
-class Undecodable:
-    """Worker ``wid`` could not unpickle the chunk it was running."""
+class Undecodable(_WorkerFailed):
+    """Worker ``wid`` could not unpickle the chunk it was running (``error``)."""
 
-    wid: int
-    error: BaseException
     now: float
 
 
 @dataclass(frozen=True, slots=True)
-class Exited:
+class Exited(_OfWorker):
     """Worker ``wid`` exited with ``exitcode``; ``hint`` says why, if known."""
 
-    wid: int
     exitcode: int | None
     now: float
     beacon: BeaconReading
@@ -173,24 +178,22 @@ class Measured:
 
 
 @dataclass(frozen=True, slots=True)
-class Encoded:
+class Encoded(_OfWorker):
     """The chunk last sent to worker ``wid`` (``items`` inputs of map ``job_id``)
     was encoded; its arguments weigh ``weight`` bytes (None: the backend does
     not pickle them, or cannot tell)."""
 
-    wid: int
     job_id: int
     items: int
     weight: int | None
 
 
 @dataclass(frozen=True, slots=True)
-class Unpicklable:
+class Unpicklable(_OfWorker):
     """The chunk last sent to worker ``wid`` could not be encoded, so it was not
     sent; ``errors`` maps the positions of the inputs that cannot be pickled,
     each tried alone, to why."""
 
-    wid: int
     job_id: int
     errors: dict[int, Exception]
 

@@ -49,6 +49,15 @@ class _Link:
         self.thread: threading.Thread | None = None
         _links.add(self)
 
+    def take_queued(self, *, shutdown: bool = False) -> list[_Task]:
+        """Empty the queue of tasks not yet started and return them (``shutdown``: close too)."""
+        with self.cv:
+            if shutdown:
+                self.shutdown = True
+            queued = list(self.queue)
+            self.queue.clear()
+        return queued
+
     def check_open(self) -> None:
         """Raise unless new work may be scheduled (the caller holds ``cv``)."""
         if self.shutdown:

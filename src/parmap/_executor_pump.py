@@ -335,16 +335,11 @@ class _Pump:
         broken.__cause__ = cause
         with self._link.cv:
             self._link.broken = broken
-            queued = list(self._link.queue)
-            self._link.queue.clear()
-        for task in queued:
+        for task in self._link.take_queued():
             task.end(broken)
 
     def _cancel_everything(self) -> None:
-        with self._link.cv:
-            queued = list(self._link.queue)
-            self._link.queue.clear()
-        for task in queued:
+        for task in self._link.take_queued():
             task.future.cancel()
         for owner in self._live.values():
             for future in owner.futures():
@@ -354,11 +349,7 @@ class _Pump:
         self._release_all()
 
     def _end_all(self, error: BaseException) -> None:
-        with self._link.cv:
-            self._link.shutdown = True
-            queued = list(self._link.queue)
-            self._link.queue.clear()
-        for task in queued:
+        for task in self._link.take_queued(shutdown=True):
             task.end(error)
         for owner in self._live.values():
             owner.end(error)

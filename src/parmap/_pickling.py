@@ -30,7 +30,7 @@ from typing import Any
 
 from . import _shm
 from ._callables import callable_name
-from ._worker import PROTOCOL
+from ._codec import PROTOCOL
 
 
 def main_has_no_file() -> bool:

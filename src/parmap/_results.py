@@ -1,6 +1,6 @@
 """What a map hands back: per-item outcomes, the ordered result, the errors.
 
-Exceptions raised in a worker travel back as data (see ``_worker.encode_error``)
+Exceptions raised in a worker travel back as data (see ``_codec.encode_error``)
 and are rebuilt here: the original type where it can be unpickled, with the
 remote traceback attached as ``__cause__`` (as ``concurrent.futures`` does) and
 the input index added as a note.
@@ -156,7 +156,7 @@ def rebuild_error(payload: ErrorPayload) -> BaseException:
             exc = loaded
     if exc is None:
         exc = RemoteError(type_name, message, tb_text)
-    set_dunder(exc, "__traceback__", None)  # never a frame of ours (see _worker.encode_error)
+    set_dunder(exc, "__traceback__", None)  # never a frame of ours (see _codec.encode_error)
     if tb_text:
         set_dunder(exc, "__cause__", _RemoteTraceback(tb_text))
     return exc

@@ -2,7 +2,7 @@
 
 Collection is always on, so it must cost next to nothing per item. Workers
 read the clock once per *slice* (a run of items taking about a millisecond,
-see ``_worker._run_chunk``) and send ``(t0, t1, count)`` per slice with each
+see ``process_worker``) and send ``(t0, t1, count)`` per slice with each
 batch of outcomes; the parent keeps one record per slice, never one per item.
 Per-item times derive from them: exact for a slice of one item (which every
 item of a millisecond or more gets), the slice's mean for tiny items.

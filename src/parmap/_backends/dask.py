@@ -5,7 +5,7 @@ This is how a map goes beyond one machine: point it at
 the cluster's workers. parmap never closes the client. Results come back in
 input order with captured exceptions, exactly as from worker processes:
 chunks are pickled by parmap (the function with ``cloudpickle`` when plain
-pickle cannot send it), run by ``_worker.run_chunk`` on a dask worker, and
+pickle cannot send it), run by ``_codec.run_chunk`` on a dask worker, and
 their outcomes decoded here. ``parmap`` (and ``cloudpickle`` for lambdas and
 closures) must be installed on the workers, and the mapped function importable
 there.

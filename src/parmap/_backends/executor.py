@@ -13,7 +13,7 @@ Two kinds of executor are told apart:
 * any other executor (``ProcessPoolExecutor``, loky, MPI, ...) is treated as
   running elsewhere: a chunk is pickled by parmap itself (so unpicklable
   arguments fail only their own item, as with processes) and runs as one call
-  of ``_worker.run_chunk``, which returns every outcome of the chunk at once.
+  of ``_codec.run_chunk``, which returns every outcome of the chunk at once.
   Since nothing tells which item of that call is running, a map with a
   ``timeout`` and no ``chunksize`` sends one item per call, so the timeout
   holds per item, measured from the call's submission. With an explicit
@@ -41,9 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+from .._codec import PROTOCOL, decode_batch, run_chunk
 from .._events import Batch, BeaconReading, ChunkMessage, Event, Ready
 from .._options import PoolConfig
-from .._worker import PROTOCOL, decode_batch, run_chunk
 from .base import Capabilities, InProcessIO, Waitable
 from .inprocess import DONE, NEXT, READY, Lane, LocalFunctions, Mailbox, Note, deliver, local_error
 

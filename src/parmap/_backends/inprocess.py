@@ -17,9 +17,9 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, cast
 
+from .._codec import encode_error, load_function
 from .._events import Batch, ChunkMessage, Event
 from .._results import rebuild_error
-from .._worker import encode_error, load_function
 from .base import Waitable
 
 # Tags of mailbox notes; each note is a tuple ``(tag, wid, ...)``.

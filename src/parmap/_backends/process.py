@@ -23,19 +23,16 @@ import contextlib
 import multiprocessing
 import os
 import pickle
-import select
 import signal
-import socket
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from multiprocessing.connection import wait as mp_wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .. import _shm, _sockio
+from .._codec import BATCH, INIT_FAILED, PROTOCOL, READY, RELEASE, UNDECODABLE, decode_batch
 from .._events import (
     Batch,
     BeaconReading,
@@ -49,20 +46,12 @@ from .._events import (
 from .._memory import OomWatch
 from .._options import PoolConfig
 from .._results import rebuild_error
-from .._sigmask import sigint_held
-from .._wire import Encoded, Inbox, Outbox, ProtocolError
-from .._worker import (
-    BATCH,
-    INIT_FAILED,
-    PROTOCOL,
-    READY,
-    RELEASE,
-    UNDECODABLE,
-    Beacon,
-    decode_batch,
-    worker_main,
-)
+from .._wire import Encoded, ProtocolError
 from .base import Capabilities, Waitable
+from .process_life import Dying as _Dying
+from .process_life import Proc as _Proc
+from .process_life import exit_fd, kill_group, reaped, start_worker
+from .process_life import wait_for_exit as _wait_for_exit
 
 #: How long an idle worker gets to exit after being told to stop.
 RETIRE_GRACE = 2.0
@@ -77,84 +66,6 @@ HELD_POLL = 0.05
 #: Outbox levels (bytes) between which a worker counts as backlogged.
 HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 16
-
-
-def _wait_for_exit(proc: BaseProcess, seconds: float) -> None:
-    """Wait up to ``seconds`` for ``proc`` to exit, without relying on its sentinel."""
-    pid = proc.pid
-    if pid is None:
-        return
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        poller.poll(seconds * 1000)
-    finally:
-        os.close(pidfd)
-
-
-def kill_group(proc: BaseProcess) -> None:
-    """SIGKILL a worker and its process group (what its task started)."""
-    pid = proc.pid
-    if pid is not None and proc.exitcode is None:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:  # not its own group yet (it is still starting)
-            with contextlib.suppress(OSError, ValueError):
-                proc.kill()
-
-
-def reaped(proc: BaseProcess) -> int | None:
-    """Reap ``proc`` if it has exited, never waiting; its exit code, or None."""
-    code = proc.exitcode  # polls without blocking
-    if code is not None:
-        proc.close()
-    return code
-
-
-def exit_fd(proc: BaseProcess) -> tuple[int, bool]:
-    """A descriptor that becomes readable once ``proc`` has exited, and
-    whether it is ours to close.
-
-    A pidfd where the system has them: readable exactly when the process can
-    be reaped. Else its sentinel, which closes a moment before that.
-    """
-    if proc.pid is not None:
-        with contextlib.suppress(AttributeError, OSError):
-            return os.pidfd_open(proc.pid), True
-    return proc.sentinel, False  # pragma: no cover - no pidfd_open (Linux < 5.3, macOS)
-
-
-@dataclass(slots=True)
-class _Dying:
-    """A worker sent SIGKILL and not reaped yet."""
-
-    process: BaseProcess
-    fd: int  # see ``exit_fd``
-    own_fd: bool
-    #: It exited but cannot be reaped yet: a tracer (strace, a debugger) has
-    #: not let go of it. Its descriptor stays readable, so it is no longer
-    #: watched, only looked at again on every later event.
-    held: bool = False
-    #: A blocking map's end waited for it once already.
-    waited: bool = False
-
-
-@dataclass(slots=True)
-class _Proc:
-    process: BaseProcess
-    sock: socket.socket
-    fd: int
-    sentinel: int
-    beacon: Beacon
-    outbox: Outbox = field(default_factory=Outbox)
-    inbox: Inbox = field(default_factory=Inbox)
-    backlogged: bool = False
-    eof: bool = False
-    stopped: bool = False  # killed already (see ``handle``)
 
 
 class ProcessBackend:
@@ -229,44 +140,7 @@ class ProcessBackend:
     def spawn(self, wid: int) -> None:
         """Start worker ``wid``."""
         self._reap_retired()
-        ctx = self._ctx
-        parent_sock, child_sock = socket.socketpair()
-        shared = ctx.RawArray("d", Beacon.SLOTS)
-        beacon = Beacon(shared)
-        beacon.reset()
-        forked = self._start_method == "fork"
-        cfg = self._config
-        proc = ctx.Process(  # type: ignore[attr-defined]
-            target=worker_main,
-            args=(
-                child_sock,
-                shared,
-                cfg.ignore_signals,
-                cfg.initializer,
-                cfg.initargs,
-                self.capabilities.preload,
-                parent_sock if forked else None,
-                os.getpid(),
-                # The kernel's parent-death signal follows the forking thread:
-                # ask for it only from a thread that outlives the workers.
-                threading.current_thread() is threading.main_thread()
-                or self._start_method == "forkserver",
-            ),
-            name=f"parmap-worker-{wid}",
-        )
-        # Ctrl-C during the fork would be raised in an at-fork hook and lost
-        # there; held back, it arrives once the worker has started. (The
-        # worker unblocks it for itself.)
-        with sigint_held():
-            try:
-                proc.start()
-            except BaseException:
-                parent_sock.close()
-                raise
-            finally:
-                child_sock.close()
-        parent_sock.setblocking(False)
-        entry = _Proc(proc, parent_sock, parent_sock.fileno(), proc.sentinel, beacon)
+        entry = start_worker(self._ctx, self._config, self.capabilities.preload, wid)
         self._procs[wid] = entry
         self._by_waitable[entry.fd] = wid
         self._by_waitable[entry.sentinel] = wid
@@ -452,7 +326,7 @@ class ProcessBackend:
         return None if entry is None else entry.process.pid
 
     def beacon(self, wid: int) -> BeaconReading:
-        """Read worker ``wid``'s beacon (see ``_worker.Beacon``)."""
+        """Read worker ``wid``'s beacon (see ``process_beacon.Beacon``)."""
         entry = self._procs.get(wid)
         return None if entry is None else entry.beacon.read()
 

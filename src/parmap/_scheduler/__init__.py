@@ -75,7 +75,6 @@ from .scheduler import Scheduler
 from .slots import Clock, Running, Slot
 from .tuning import (
     FIRST_CHUNK_ITEMS,
-    FUNCTION_CACHE,
     GENERIC_ERRORS,
     ITEM_TIMES_KEPT,
     MAX_CHUNK_BYTES,
@@ -96,7 +95,6 @@ from .tuning import (
 
 __all__ = [
     "FIRST_CHUNK_ITEMS",
-    "FUNCTION_CACHE",
     "GENERIC_ERRORS",
     "ITEM_TIMES_KEPT",
     "MAX_CHUNK_BYTES",

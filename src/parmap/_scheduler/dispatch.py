@@ -15,12 +15,12 @@ from __future__ import annotations
 from pickle import PicklingError
 from typing import Any
 
-from .._events import ChunkMessage, Kill, Send
+from .._events import FUNCTION_CACHE, ChunkMessage, Kill, Send
 from .jobs import Chunk, Job, Run
 from .sizing import chunk_size, may_prefetch, memory_room, prefetch_size, tail_size
 from .slots import Slot
 from .state import State
-from .tuning import FUNCTION_CACHE, MAX_WINDOW_ITEMS, MEMORY_POLL_SECONDS, WINDOW_CHUNKS
+from .tuning import MAX_WINDOW_ITEMS, MEMORY_POLL_SECONDS, WINDOW_CHUNKS
 
 
 class Dispatch(State):

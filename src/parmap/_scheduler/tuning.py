@@ -22,8 +22,6 @@ WINDOW_CHUNKS = 3
 #: Consecutive workers that may die before reporting ready before the pool
 #: is declared broken (rather than respawning forever).
 MAX_STARTUP_FAILURES = 3
-#: How many maps' functions a worker keeps (the scheduler mirrors its cache).
-FUNCTION_CACHE = 64
 #: How many functions' item times a pool remembers (for a later map's first
 #: chunk size); beyond that the oldest is forgotten.
 ITEM_TIMES_KEPT = 256
