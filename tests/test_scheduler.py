@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pickle import PicklingError
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -199,6 +200,23 @@ def test_a_big_function_does_not_make_its_items_count_as_big() -> None:
     assert len(second) == 1 and slot.chunk is not None
     assert len(slot.chunk.args) > 1_000
     assert len(payloads[1].body) < 1 << 20  # and it alone
+
+
+def test_a_map_stopped_by_an_unpicklable_input_kills_only_workers_that_got_its_chunks() -> None:
+    # The scheduler queues both chunks before the engine encodes either; the
+    # first one's unpicklable input stops the map while the second is still
+    # on its way. Its worker must be stopped only if the chunk reached it.
+    h = Harness(workers=2, bad_args=(0, 2))
+    job = h.job(range(4), chunksize=2)
+    assert isinstance(job.error, PicklingError)
+    assert not [c for c in h.log if isinstance(c, Kill)]  # neither worker got a chunk
+    assert sorted(h.sched.slots) == [0, 1]
+
+    h = Harness(workers=2, bad_args=(0,))
+    job = h.job(range(4), chunksize=2)
+    assert isinstance(job.error, PicklingError)
+    assert [c.wid for c in h.log if isinstance(c, Kill)] == [1]  # it runs [2, 3] of a dead map
+    assert sorted(h.sched.slots) == [0]
 
 
 def test_buffer_bounds_how_much_input_is_pulled_ahead_of_the_consumer() -> None:
