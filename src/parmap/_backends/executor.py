@@ -44,8 +44,8 @@ from typing import Any
 from .._codec import PROTOCOL, decode_batch, run_chunk
 from .._events import Batch, BeaconReading, ChunkMessage, Event, Ready
 from .._options import PoolConfig
-from .base import Capabilities, InProcessIO, Waitable
-from .inprocess import DONE, NEXT, READY, Lane, LocalFunctions, Mailbox, Note, deliver, local_error
+from .base import Capabilities, Waitable
+from .inprocess import DONE, NEXT, READY, Lane, LocalFunctions, MailIO, Note, deliver, local_error
 
 
 class _Chunk:
@@ -94,7 +94,7 @@ def _outcome(future: Any) -> tuple[Any, BaseException | None]:
         return None, exc.with_traceback(None)
 
 
-class ExecutorBackend(InProcessIO):
+class ExecutorBackend(MailIO):
     """Worker slots whose chunks run as futures of a caller's executor."""
 
     #: Used in error messages: what refused an initializer.
@@ -122,10 +122,9 @@ class ExecutorBackend(InProcessIO):
         )
         self._functions = LocalFunctions(preload) if self._in_process else None
         self._payloads: dict[int, bytes] = {}
-        self._mailbox = Mailbox()
+        super().__init__()
         self._slots: dict[int, _Slot] = {}
         self._seq = 0
-        self.on_discard: Callable[[list[Waitable]], None] = lambda waitables: None
 
     # ---------------------------------------------------- what subclasses change
     @staticmethod
@@ -193,10 +192,7 @@ class ExecutorBackend(InProcessIO):
             slot.abandoned = True
         if futures:
             self._cancel(futures)
-        self._mailbox.shut(self.on_discard)
-
-    def waitables(self) -> list[Waitable]:
-        return self._mailbox.waitables()
+        self._shut_mailbox()
 
     def beacon(self, wid: int) -> BeaconReading:
         slot = self._slots.get(wid)

@@ -20,7 +20,7 @@ from typing import Any, cast
 from .._codec import encode_error, load_function
 from .._events import Batch, ChunkMessage, Event
 from .._results import rebuild_error
-from .base import Waitable
+from .base import InProcessIO, Waitable
 
 # Tags of mailbox notes; each note is a tuple ``(tag, wid, ...)``.
 READY, INIT_FAILED, OUTCOME, DONE, NEXT = range(5)
@@ -97,6 +97,21 @@ class Mailbox:
             for fd in (self.fd, self._w):
                 with suppress(OSError):
                     os.close(fd)
+
+
+class MailIO(InProcessIO):
+    """An in-process backend whose workers post notes to one ``Mailbox``:
+    its descriptor is all the drivers watch."""
+
+    def __init__(self) -> None:
+        self._mailbox = Mailbox()
+        self.on_discard: Callable[[list[Waitable]], None] = lambda waitables: None
+
+    def waitables(self) -> list[Waitable]:
+        return self._mailbox.waitables()
+
+    def _shut_mailbox(self) -> None:
+        self._mailbox.shut(self.on_discard)
 
 
 def _missing_function(*args: Any) -> Any:

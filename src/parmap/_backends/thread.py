@@ -25,8 +25,8 @@ from typing import Any
 
 from .._events import Batch, BeaconReading, ChunkMessage, Event, InitFailed, Ready
 from .._options import PoolConfig
-from .base import Capabilities, InProcessIO, Waitable
-from .inprocess import INIT_FAILED, READY, Lane, LocalFunctions, Mailbox, Note, deliver, local_error
+from .base import Capabilities, Waitable
+from .inprocess import INIT_FAILED, READY, Lane, LocalFunctions, MailIO, Note, deliver, local_error
 
 
 class _ThreadLane(Lane):
@@ -39,16 +39,15 @@ class _ThreadLane(Lane):
         )
 
 
-class ThreadBackend(InProcessIO):
+class ThreadBackend(MailIO):
     """Worker slots served by threads of this process (see the module docs)."""
 
     def __init__(self, config: PoolConfig, *, preload: Callable[..., Any] | None = None) -> None:
         self._config = config
         self.capabilities = Capabilities.in_this_process(config.resolved_workers, preload)
         self._functions = LocalFunctions(preload)
-        self._mailbox = Mailbox()
+        super().__init__()
         self._lanes: dict[int, _ThreadLane] = {}
-        self.on_discard: Callable[[list[Waitable]], None] = lambda waitables: None
 
     def encode(self, message: ChunkMessage) -> object:
         """Nothing to pickle: the chunk goes to the thread as it is."""
@@ -84,10 +83,7 @@ class ThreadBackend(InProcessIO):
     def close(self) -> None:
         for wid in list(self._lanes):
             self.kill(wid)
-        self._mailbox.shut(self.on_discard)
-
-    def waitables(self) -> list[Waitable]:
-        return self._mailbox.waitables()
+        self._shut_mailbox()
 
     def beacon(self, wid: int) -> BeaconReading:
         lane = self._lanes.get(wid)
