@@ -12,7 +12,12 @@ The workloads of issue 11, registered in ``run.py``:
   1 GB in the parent (issue 19).
 
 Every contender runs in each round, in rotated order, on a warm pool, and
-gets freshly made inputs outside the timed region: joblib keeps the memmaps
+gets freshly made inputs outside the timed region, each in the form it takes
+(rows for ``starmap`` and joblib, columns for ``pmap`` and ``Executor.map``),
+and starts on a collected heap: unzipping 30,000 rows allocates 30,000
+iterators, whose young-generation collections (and the full one they may
+set off, over every peer's leftovers) would otherwise be timed as the
+contender's own work. joblib keeps the memmaps
 it made for an array object across calls, so mapping the very same arrays
 again would time its cache rather than its transport (``repeat`` rows show
 that case). The target is a ratio to the fastest peer taken within each round.
@@ -21,6 +26,7 @@ that case). The target is a ratio to the fastest peer taken within each round.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing as mp
 import threading
 import time
@@ -36,7 +42,17 @@ import parmap
 
 WORKERS = 2
 Args = list[tuple[Any, ...]]
-Runner = Callable[[Args], list[Any]]
+
+
+class Inputs:
+    """One round's inputs, as rows and as columns (both made before the timer starts)."""
+
+    def __init__(self, rows: Args) -> None:
+        self.rows = rows
+        self.columns = list(zip(*rows, strict=True))
+
+
+Runner = Callable[[Inputs], list[Any]]
 
 
 def _contenders(
@@ -45,24 +61,21 @@ def _contenders(
     """Warm pools of parmap and each installed peer, each mapping ``work`` over its argument."""
     from run import POOL, PPE, joblib, mpire, shutdown_joblib
 
-    def columns(args: Args) -> list[tuple[Any, ...]]:
-        return list(zip(*args, strict=True))
-
     runs: dict[str, Runner] = {}
     pool = stack.enter_context(parmap.Pool(workers=WORKERS))
-    runs["parmap"] = lambda args: pool.pmap(work, *columns(args)).unwrap()
+    runs["parmap"] = lambda args: pool.pmap(work, *args.columns).unwrap()
     mpool = stack.enter_context(mp.Pool(WORKERS))
-    runs[POOL] = lambda args: mpool.starmap(work, args, chunksize=chunksize)
+    runs[POOL] = lambda args: mpool.starmap(work, args.rows, chunksize=chunksize)
     ex = stack.enter_context(ProcessPoolExecutor(max_workers=WORKERS))
-    runs[PPE] = lambda args: list(ex.map(work, *columns(args), chunksize=chunksize))
+    runs[PPE] = lambda args: list(ex.map(work, *args.columns, chunksize=chunksize))
     if joblib is not None:
         par = stack.enter_context(joblib.Parallel(n_jobs=WORKERS))  # memmapping on (1M)
         stack.callback(shutdown_joblib)
-        runs["joblib"] = lambda args: list(par(joblib.delayed(work)(*a) for a in args))
+        runs["joblib"] = lambda args: list(par(joblib.delayed(work)(*a) for a in args.rows))
     if mpire is not None:
         wp = stack.enter_context(mpire.WorkerPool(n_jobs=WORKERS, keep_alive=True))
         runs["mpire"] = lambda args: wp.map(
-            work, args, chunk_size=chunksize, concatenate_numpy_output=False
+            work, args.rows, chunk_size=chunksize, concatenate_numpy_output=False
         )
     return runs
 
@@ -77,7 +90,8 @@ def _timed_rounds(
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(-1, rounds):
         for name in rotate(list(runs), r):
-            args = make()
+            args = Inputs(make())
+            gc.collect()
             t0 = time.perf_counter()
             out = runs[name](args)
             dt = time.perf_counter() - t0
@@ -217,7 +231,8 @@ def bench_shared_array(ctx: Any) -> None:
         for r in range(-1, ctx.sizes.rounds):
             for name in rotate(list(runs), r):
                 big = np.arange(count, dtype=np.float64)  # fresh, as loaded from a file
-                args = [(big, i, n) for i in range(n)]
+                args = Inputs([(big, i, n) for i in range(n)])
+                gc.collect()
                 with _memory_peak() as mem:
                     t0 = time.perf_counter()
                     out = runs[name](args)
