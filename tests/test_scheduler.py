@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from pickle import PicklingError
 from collections.abc import Iterable
 from functools import partial
+from pickle import PicklingError
 from typing import Any
 
 import pytest
@@ -217,6 +217,30 @@ def test_a_map_stopped_by_an_unpicklable_input_kills_only_workers_that_got_its_c
     assert isinstance(job.error, PicklingError)
     assert [c.wid for c in h.log if isinstance(c, Kill)] == [1]  # it runs [2, 3] of a dead map
     assert sorted(h.sched.slots) == [0]
+
+
+@pytest.mark.parametrize(("per_item", "first_chunk"), [(1e-7, 10), (1e-3, 5)])
+def test_a_map_worth_less_than_a_round_trip_goes_to_one_worker(
+    per_item: float, first_chunk: int
+) -> None:
+    # Latency of a small map: ten items of 0.1 us are less work than one
+    # message, so one worker gets them all; ten of 1 ms still split evenly.
+    h = Harness(workers=2)
+    first = h.sched.new_job(MapConfig(), fn_payload=b"fn", star=False, ordered=False, fn_key="f")
+    h.sched.feed(first, [0], h.now)
+    h.sched.end_input(first)
+    h.flush()
+    h.report(0, [0], per_item=per_item)  # the pool learns f's item time
+    job = h.sched.new_job(
+        MapConfig(), fn_payload=b"fn", star=False, ordered=False, total=10, fn_key="f"
+    )
+    h.sched.feed(job, list(range(10)), h.now)
+    h.sched.end_input(job)
+    sends = [c for c in h.flush() if isinstance(c, Send) and c.message.job_id == job.id]
+    assert len(sends[0].message.args) == first_chunk
+    assert (len(sends) == 1) == (first_chunk == 10)
+    h.finish_all()
+    assert drain(job) == (list(range(10)), {})
 
 
 def test_buffer_bounds_how_much_input_is_pulled_ahead_of_the_consumer() -> None:

@@ -43,9 +43,11 @@ def chunk_size(job: Job, workers: int, *, item_beacon: bool, cap_by_total: bool 
         size = min(size, MAX_CHUNK_BYTES / job.item_bytes)
     if job.config.buffer is None:
         size = min(size, MAX_WINDOW_ITEMS // (2 * workers))
-    if cap_by_total and job.total is not None:
-        # Fast items: one round per worker is best; never more than an
-        # even share, so that no worker idles while another has a backlog.
+    # Fast items: one round per worker is best; never more than an even
+    # share, so that no worker idles while another has a backlog. Unless the
+    # whole map is less work than a round trip: then waking a second worker
+    # only adds a message each way to its latency.
+    if cap_by_total and job.total is not None and job.total * job.item_time >= TAIL_FLOOR_SECONDS:
         size = min(size, math.ceil(job.total / workers))
     return max(1, min(int(size), MAX_CHUNK_ITEMS))
 
