@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from pickle import PicklingError
 from collections.abc import Iterable
 from functools import partial
+from pickle import PicklingError
 from typing import Any
 
 import pytest
