@@ -166,7 +166,7 @@ class OomWatch:
             )
         elif sys.platform.startswith("linux"):
             cause = "most likely the kernel's out-of-memory killer"
-        else:
+        else:  # pragma: no cover - not Linux
             cause = "most likely the system, for lack of memory"
         return (
             f"parmap did not send that SIGKILL; its likely cause is {cause}. "

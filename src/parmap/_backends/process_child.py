@@ -57,7 +57,7 @@ def lead_own_group() -> None:
 
 def set_parent_death_signal(parent: int) -> None:
     """Ask the kernel to SIGKILL this process when ``parent`` exits (Linux)."""
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):  # pragma: no cover - Linux only here
         return  # elsewhere the watch thread notices, once it gets the GIL
     try:
         import ctypes
@@ -79,7 +79,7 @@ def watch_owner_from_a_process(owner: int) -> None:
     holds the GIL in one long C call. A forked watchdog blocks on the
     owner's pidfd instead, and dies with the worker (Linux only).
     """
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):  # pragma: no cover - Linux only here
         return
     try:
         pidfd = os.pidfd_open(owner)
@@ -88,7 +88,8 @@ def watch_owner_from_a_process(owner: int) -> None:
     except (AttributeError, OSError):
         return
     worker = os.getpid()
-    if os.fork() == 0:  # the watchdog: still single-threaded here, so safe
+    # The watchdog ends in os._exit: coverage never saves what it ran.
+    if os.fork() == 0:  # pragma: no cover - the watchdog: single-threaded here, so safe
         try:
             # Hold nothing of the worker's (its socket, its sentinel).
             os.closerange(3, pidfd)
