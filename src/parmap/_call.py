@@ -19,7 +19,7 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._callables import function_key
-from ._driver import aiterate, collect, iterate, outcomes
+from ._driver import aiterate, collect, iterate, outcomes, segment_outcomes
 from ._engine import Engine
 from ._iterators import AsyncMapIterator, MapIterator
 from ._options import MapConfig, MapOptions, Options
@@ -174,10 +174,11 @@ class MapCall:
         resumed = 0 if resume is None else resume.resumed
         return MapResult(values, dict(sorted(errors.items())), self.stats(), resumed=resumed)
 
-    def stream(self) -> Generator[Outcome[Any], None, None]:
+    def stream(self) -> Generator[Iterator[Outcome[Any]], None, None]:
+        """The outcomes, one iterator per completed segment (``MapIterator`` flattens them)."""
         segments = self.segments(self.resume(stream=True))
         try:
-            yield from outcomes(segments)
+            yield from map(segment_outcomes, segments)
         finally:
             segments.close()
 
@@ -219,8 +220,8 @@ def map_only(options: Options) -> MapOptions:
 
 
 def _closing(
-    stream: Generator[Outcome[Any], None, None], pool: Pool | None
-) -> Generator[Outcome[Any], None, None]:
+    stream: Generator[Iterator[Outcome[Any]], None, None], pool: Pool | None
+) -> Generator[Iterator[Outcome[Any]], None, None]:
     try:
         yield from stream
     finally:

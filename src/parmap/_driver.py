@@ -308,14 +308,26 @@ class _Waiter:
 
 def outcomes(segments: Iterable[Segment]) -> Iterator[Outcome[Any]]:
     """Expand segments into one ``Outcome`` per input."""
-    for start, values, errors in segments:
-        if errors is None:
-            # No Python loop per item: map builds them.
-            yield from map(outcome, range(start, start + len(values)), values)
-        else:
-            for index, value in enumerate(values, start):
-                error = errors.get(index)
-                yield outcome(index, None, error) if error is not None else outcome(index, value)
+    for segment in segments:
+        yield from segment_outcomes(segment)
+
+
+def segment_outcomes(segment: Segment) -> Iterator[Outcome[Any]]:
+    """One segment's outcomes, built lazily: each is dropped as soon as it is
+    used (a list of them all would keep the collector busy)."""
+    start, values, errors = segment
+    if errors is None:
+        # No Python frame per item: map builds them.
+        return map(outcome, range(start, start + len(values)), values)
+    return _with_errors(start, values, errors)
+
+
+def _with_errors(
+    start: int, values: list[Any], errors: dict[int, BaseException]
+) -> Iterator[Outcome[Any]]:
+    for index, value in enumerate(values, start):
+        error = errors.get(index)
+        yield outcome(index, None, error) if error is not None else outcome(index, value)
 
 
 def collect(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+from itertools import chain
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -20,10 +21,14 @@ class MapIterator(Generator[Outcome[T], None, None]):
     __slots__ = ("_inner", "_next", "_source", "_stats")
 
     def __init__(
-        self, inner: Generator[Outcome[T], None, None], source: Callable[[], MapStats | None]
+        self,
+        inner: Generator[Iterator[Outcome[T]], None, None],
+        source: Callable[[], MapStats | None],
     ) -> None:
+        # The map yields an iterator of outcomes per segment; a C-level chain
+        # flattens them, so no generator frame is resumed per item.
         self._inner = inner
-        self._next = inner.__next__
+        self._next: Callable[[], Outcome[T]] = chain.from_iterable(inner).__next__
         self._source: Callable[[], MapStats | None] | None = source
         self._stats: MapStats | None = None
 
@@ -37,6 +42,10 @@ class MapIterator(Generator[Outcome[T], None, None]):
             self._stats = self._source()
             self._source = None  # it holds the map's inputs
 
+    def _end(self) -> None:
+        # The outcomes already taken from the map are not given once it ended.
+        self._next = _EMPTY.__next__
+
     def __next__(self) -> Outcome[T]:
         """The next outcome (one call per item: not through ``send``)."""
         try:
@@ -47,12 +56,7 @@ class MapIterator(Generator[Outcome[T], None, None]):
 
     def send(self, value: None) -> Outcome[T]:
         """Resume the map; the next outcome."""
-        try:
-            return self._inner.send(value)
-        except BaseException:
-            # Stopped or raised: either way the map is over.
-            self._finish()
-            raise
+        return self.__next__()
 
     def throw(
         self,
@@ -61,11 +65,18 @@ class MapIterator(Generator[Outcome[T], None, None]):
         tb: TracebackType | None = None,
     ) -> Outcome[T]:
         """Raise inside the map (it stops and cancels its work)."""
-        return self._inner.throw(_exception(typ, val))
+        self._end()
+        self._inner.throw(_exception(typ, val))
+        # The map caught it and went on: its next outcome.
+        return self.__next__()  # pragma: no cover - parmap's maps never do
 
     def close(self) -> None:
         """Stop the map early; its unfinished work is cancelled."""
+        self._end()
         self._inner.close()
+
+
+_EMPTY: Iterator[Any] = iter(())
 
 
 class AsyncMapIterator(AsyncGenerator[Outcome[T], None]):
