@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Iterator
 
 import psutil
@@ -25,6 +26,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A shell started without job control (`cmd &`, nohup, some CI runners)
+    # starts its children with SIGINT ignored, and an ignored disposition
+    # survives exec: every Ctrl-C test would then fail for a reason that has
+    # nothing to do with parmap. A handler is reset to the default on exec,
+    # so installing Python's own gives the test subprocesses a normal SIGINT.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # The soak and chaos modules read their sizes from the environment, so
     # that the sizes can also be set without the flag.
     if config.getoption("--soak"):
