@@ -176,6 +176,38 @@ def test_a_failing_worker_fails_only_its_own_item(
         assert crash.exitcode == detail and crash.index == 4
 
 
+def test_a_crash_behind_a_deep_queue_of_short_chunks_fails_only_its_item() -> None:
+    # Chunks of 100 tiny items: each worker has several queued behind the
+    # running one when one dies; they go back to be run, and none is lost.
+    n = 30_000
+    res = pmap(jobs.exit_if, range(n), [20_000] * n, workers=2, chunksize=100, on_error="collect")
+    assert list(res.errors) == [20_000]
+    assert isinstance(res.errors[20_000], WorkerCrashedError)
+    assert res.values[:20_000] == list(range(20_000))
+    assert res.values[20_001:] == list(range(20_001, n))
+
+
+def test_a_hang_in_a_timed_map_of_tiny_items_fails_only_itself() -> None:
+    # Tiny items get chunks queued behind the running one also with a
+    # timeout; those behind the hung item go back unrun when it is killed.
+    n = 20_000
+    started = time.monotonic()
+    res = pmap(
+        jobs.hang_if,
+        range(n),
+        [12_345] * n,
+        workers=2,
+        chunksize=100,
+        timeout=1,
+        on_error="collect",
+    )
+    assert list(res.errors) == [12_345]
+    assert isinstance(res.errors[12_345], TaskTimeoutError)
+    assert res.values[:12_345] == list(range(12_345))
+    assert res.values[12_346:] == list(range(12_346, n))
+    assert time.monotonic() - started < 30  # one timeout, not one per queued chunk
+
+
 def test_worker_dying_while_pickling_a_result_fails_that_item() -> None:
     res = pmap(jobs.exit_when_result_pickled, range(3), workers=1, chunksize=3, on_error="collect")
     assert res.values[0] == 0 and res.values[2] == 2

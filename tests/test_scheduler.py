@@ -17,6 +17,7 @@ from parmap._options import MapConfig, PoolConfig
 from parmap._pickling import dump_function
 from parmap._scheduler import (
     ITEM_TIMES_KEPT,
+    MAX_QUEUED,
     MAX_STARTUP_FAILURES,
     MAX_WINDOW_ITEMS,
     POLL_SECONDS,
@@ -283,6 +284,34 @@ def test_timeout_kills_the_worker_fails_the_running_item_and_requeues_the_rest()
     assert isinstance(errors[1], TaskTimeoutError)
     assert errors[1].index == 1
     assert job.finished
+
+
+def test_a_timed_chunk_queued_behind_the_running_one_keeps_per_item_deadlines() -> None:
+    # Timed maps of tiny items queue chunks too: an item of a queued chunk
+    # is timed from its own start, never from when its chunk was sent.
+    h = Harness(workers=1, prefetch=True)
+    job = h.job(range(300), timeout=1.0, chunksize=100, on_error="collect")
+    h.sched.on_ready(0, h.now)
+    h.flush()
+    h.report(0, h.chunks[0], per_item=1e-6)  # items 0-99: the item time is known
+    slot = h.sched.slots[0]
+    assert slot.chunk is not None and slot.chunk.start == 100
+    assert [c.start for c in slot.queue] == [200]  # sent at t=0
+    h.now = 2.0
+    h.report(0, h.chunks[0], per_item=1e-6)  # 100-199 done; the worker is on 200-299
+    h.beacons[0] = (200 + 1, 3.0)  # item 200 started at t=3 and hangs
+    for h.now in (3.0, 3.5, 3.99):
+        h.tick(h.now)
+        assert not any(isinstance(c, Kill) for c in h.flush())
+    h.now = 4.0
+    h.tick(h.now)
+    assert Kill(0) in h.flush()
+    h.sched.on_ready(1, h.now)  # the replacement
+    h.flush()
+    h.finish_all()
+    values, errors = drain(job)
+    assert list(errors) == [200] and isinstance(errors[200], TaskTimeoutError)
+    assert values[:200] == list(range(200)) and values[201:] == list(range(201, 300))
 
 
 def test_timeout_blames_the_item_the_beacon_names_even_when_earlier_ones_are_unreported() -> None:
@@ -611,8 +640,8 @@ def test_prefetch_queues_a_second_chunk_and_requeues_it_if_the_worker_dies() -> 
     sends = [c for c in h.log if isinstance(c, Send)]
     assert len(sends) == 3  # the first item, then a chunk running and one queued
     slot = h.sched.slots[0]
-    assert slot.chunk is not None and slot.queued is not None
-    queued_start = slot.queued.start
+    assert slot.chunk is not None and len(slot.queue) == 1
+    queued_start = slot.queue[0].start
     h.beacons[0] = (1 + 1, 0.0)  # running the first item of the running chunk
     h.exit(0, -9, h.now)
     h.flush()
@@ -620,6 +649,33 @@ def test_prefetch_queues_a_second_chunk_and_requeues_it_if_the_worker_dies() -> 
     values, errors = drain(job)
     assert len(values) == 5000 and list(errors) == [1]
     assert queued_start > 1  # the queued chunk ran again on the replacement
+
+
+@pytest.mark.parametrize(
+    ("per_item", "depth"),
+    [(1e-7, MAX_QUEUED), (1e-4, 1)],
+    ids=["chunks-of-tiny-items", "chunks-of-100-ms"],
+)
+def test_short_chunks_queue_several_behind_the_running_one_and_a_kill_loses_none(
+    per_item: float, depth: int
+) -> None:
+    # 1,000 items of 0.1 us run dry long before a parent that shares the
+    # cores gets to refill a queue of one; chunks of 0.1 s need no more.
+    h = Harness(workers=1, prefetch=True)
+    job = h.job(range(20_000), chunksize=1000, on_error="collect")
+    h.sched.on_ready(0)
+    h.report(0, h.chunks[0], per_item=per_item)
+    slot = h.sched.slots[0]
+    assert len(slot.queue) == depth == len(h.queued[0])
+    assert [c.start for c in slot.queue] == [2000 + 1000 * i for i in range(depth)]
+    h.beacons[0] = (1000 + 1 + 1, 0.0)  # running the second item of its running chunk
+    h.exit(0, -9, h.now)
+    h.flush()
+    h.finish_all()
+    values, errors = drain(job)
+    assert list(errors) == [1001]
+    assert isinstance(errors[1001], WorkerCrashedError)
+    assert [v for i, v in enumerate(values) if i != 1001] == [i for i in range(20_000) if i != 1001]
 
 
 # --- resumed inputs and the journal (checkpoints, see _resume) ---------------

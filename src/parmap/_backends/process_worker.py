@@ -78,6 +78,11 @@ class _Worker:
         os.set_blocking(self.wake_w, False)
         self.dozing = False
         self.is_copy = False  # see ``forked_by_task``
+        # The slice size reached, kept for the next chunk of the same map:
+        # starting every chunk again at one item cost a chunk of 1,000 tiny
+        # items ten slices, and those were most of a worker's time per chunk.
+        self.slice_job = -1
+        self.slice_size = 1
 
     def send(self, message: tuple[Any, ...]) -> None:
         _sockio.send(self.sock, pickle.dumps(message, PROTOCOL))
@@ -240,6 +245,8 @@ class _Worker:
             self.threshold = threshold
             if timed:
                 self.nudge()
+            if job_id != self.slice_job:
+                self.slice_job, self.slice_size = job_id, 1
             started = self._run_chunk(fn, star, chunk, started)
             del chunk, fn  # an idle worker holds neither (see RELEASE)
             self.timed = False
@@ -260,7 +267,7 @@ class _Worker:
         monotonic = time.monotonic
         total = len(chunk)
         pos = 0
-        size = 1
+        size = self.slice_size
         while pos < total:
             failed = False
             part = chunk[pos : pos + size]
@@ -292,6 +299,7 @@ class _Worker:
             elif size > 1:
                 size //= 2
             self._end_slice(done, t0, t1, failed, pos < total)
+        self.slice_size = size
         return started
 
     def _failure(self, exc: BaseException) -> Failed:

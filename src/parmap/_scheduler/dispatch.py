@@ -1,7 +1,9 @@
 """Inputs in, chunks out: what a map pulls, and which worker gets which chunk.
 
 Idle workers get a chunk first, then (backends whose workers read their
-chunks in order) busy ones a second chunk queued behind the running one.
+chunks in order) busy ones chunks queued behind the running one: one, or up
+to ``MAX_QUEUED`` when chunks are so short that one would run dry before
+the parent, sharing the cores with its workers, gets to send the next.
 ``Send`` carries a chunk unencoded: the engine has the backend encode it and
 reports back, in order, before it carries out anything the report causes:
 ``Encoded``, with what its arguments weigh, which sizes later chunks (a map
@@ -17,7 +19,14 @@ from typing import Any
 
 from .._events import FUNCTION_CACHE, ChunkMessage, Kill, Send
 from .jobs import Chunk, Job, Run
-from .sizing import chunk_size, may_prefetch, memory_room, prefetch_size, tail_size
+from .sizing import (
+    chunk_size,
+    may_prefetch,
+    memory_room,
+    prefetch_size,
+    queue_depth,
+    tail_size,
+)
 from .slots import Slot
 from .state import State
 from .tuning import MAX_WINDOW_ITEMS, MEMORY_POLL_SECONDS, WINDOW_CHUNKS
@@ -34,7 +43,8 @@ class Dispatch(State):
         window = job.config.buffer
         if window is None:
             size = chunk_size(job, self.workers, item_beacon=self._item_beacon, cap_by_total=False)
-            window = max(4, min(WINDOW_CHUNKS * self.workers * size, MAX_WINDOW_ITEMS))
+            chunks = WINDOW_CHUNKS - 1 + (self._depth(job) if self._prefetch else 1)
+            window = max(4, min(chunks * self.workers * size, MAX_WINDOW_ITEMS))
         return max(0, window - (job.pulled - job.consumed))
 
     def feed(self, job: Job, args: list[Any], now: float) -> None:
@@ -134,23 +144,37 @@ class Dispatch(State):
 
     def _send_ahead(self, now: float) -> None:
         for slot in self.slots.values():
-            chunk = slot.chunk
-            if chunk is None or slot.queued is not None or not may_prefetch(chunk.job):
-                continue
-            if self._backlogged(slot.wid) or slot.sending_fn:
-                continue
-            job = self._next_job()
-            if job is None or job.weighing:
-                return
-            if (
-                may_prefetch(job)
-                and not job.pending[0].solo
-                and (
-                    self.memory_limit is None
-                    or memory_room(slot, job, self.memory_limit, queue=True)
-                )
-            ):
+            while self._may_queue(slot):
+                job = self._next_job()
+                if job is None or job.weighing:
+                    return
+                if len(slot.queue) >= self._depth(job) or not (
+                    may_prefetch(job)
+                    and not job.pending[0].solo
+                    and (
+                        self.memory_limit is None
+                        or memory_room(slot, job, self.memory_limit, queue=True)
+                    )
+                ):
+                    break
                 self._send_chunk(slot, job, now, queue=True)
+
+    def _may_queue(self, slot: Slot) -> bool:
+        # Whether a chunk may go behind what ``slot``'s worker runs.
+        chunk = slot.chunk
+        return (
+            chunk is not None
+            and may_prefetch(chunk.job)
+            and not self._backlogged(slot.wid)
+            and not slot.sending_fn
+        )
+
+    def _depth(self, job: Job) -> int:
+        # A pool with a memory limit queues one chunk: its room is measured
+        # against the running chunk alone.
+        if self.memory_limit is not None:
+            return 1
+        return queue_depth(job, chunk_size(job, self.workers, item_beacon=self._item_beacon))
 
     def _size(self, slot: Slot, job: Job, run: Run, *, queue: bool) -> int:
         size = 1 if run.solo else chunk_size(job, self.workers, item_beacon=self._item_beacon)
@@ -181,8 +205,8 @@ class Dispatch(State):
             slot.sent_jobs[job.id] = None
         timed = job.config.timeout is not None
         if queue:
-            slot.queued = chunk
-            slot.clock.queued(now)
+            slot.clock.queued(now, first=not slot.queue)
+            slot.queue.append(chunk)
             if slot.sent_job is not job:
                 slot.sent_job = None  # two maps' growth cannot be told apart
             slot.sent_len += size
@@ -260,11 +284,9 @@ class Dispatch(State):
             return False
         if slot.chunk is chunk:
             # What was sent behind it becomes what the worker runs first.
-            slot.chunk, slot.queued = slot.queued, None
-            if slot.chunk is not None:
-                slot.clock.next_chunk()
-        elif slot.queued is chunk:
-            slot.queued = None
+            slot.chunk = slot.next_queued()
+        elif chunk in slot.queue:
+            slot.queue.remove(chunk)
             slot.sent_len -= len(chunk.args)
         else:
             return False

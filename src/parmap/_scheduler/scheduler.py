@@ -176,8 +176,7 @@ class Scheduler(Memory):
         if chunk.done >= len(chunk.args):
             # Free the worker first: if these outcomes stop the job, this
             # worker has nothing left to kill. It runs its queued chunk next.
-            slot.chunk, slot.queued = slot.queued, None
-            slot.clock.next_chunk()
+            slot.chunk = slot.next_queued()
             self._chunk_finished(slot)
         job.stats.batch(wid, chunk.start + first, count, errors, busy, slices, now)
         if not job.closed:
@@ -245,8 +244,7 @@ class Scheduler(Memory):
         if slot is None or slot.chunk is None:
             return
         chunk = slot.chunk
-        slot.chunk, slot.queued = slot.queued, None  # the worker goes on with it
-        slot.clock.next_chunk()
+        slot.chunk = slot.next_queued()  # the worker goes on with its queue
         job = chunk.job
         job.running -= len(chunk.args) - chunk.done
         slot.sent_jobs.pop(job.id, None)  # send its function again, to be sure

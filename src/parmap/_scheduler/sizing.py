@@ -11,8 +11,10 @@ from .tuning import (
     FIRST_CHUNK_ITEMS,
     MAX_CHUNK_BYTES,
     MAX_CHUNK_ITEMS,
+    MAX_QUEUED,
     MAX_WINDOW_ITEMS,
     PREFETCH_ITEM_SECONDS,
+    QUEUE_SECONDS,
     RECYCLE_FRACTION,
     TAIL_FLOOR_SECONDS,
     TAIL_SHARES,
@@ -54,12 +56,14 @@ def chunk_size(job: Job, workers: int, *, item_beacon: bool, cap_by_total: bool 
 
 def may_prefetch(job: Job) -> bool:
     """Whether a chunk of ``job`` may wait in a worker behind another."""
-    return (
-        job.config.timeout is None
-        and job.item_time is not None
-        and job.item_time < PREFETCH_ITEM_SECONDS
-        and not job.closed
-    )
+    return job.item_time is not None and job.item_time < PREFETCH_ITEM_SECONDS and not job.closed
+
+
+def queue_depth(job: Job, size: int) -> int:
+    """How many chunks of ``size`` items of ``job`` may wait behind a running one."""
+    if job.item_time is None:
+        return 1
+    return max(1, min(MAX_QUEUED, math.ceil(QUEUE_SECONDS / max(size * job.item_time, 1e-9))))
 
 
 def prefetch_size(job: Job, size: int, workers: int, *, queue: bool) -> int:

@@ -8,6 +8,7 @@ its *beacon* (see ``_events.BeaconReading``): ``Slot.running`` reads one, and
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 from .._events import BeaconReading
@@ -33,21 +34,26 @@ class Clock:
     # runs is stuck outside the task (unpickling its arguments, pickling a
     # result, stopped) and is timed out too.
     progress_at: float = 0.0
-    queued_at: float = 0.0  # when the queued chunk was sent: the earliest it can start
+    # When the oldest queued chunk was sent: the earliest any of them can start.
+    queued_at: float = 0.0
 
     def started(self, now: float, *, poll: bool) -> None:
         """A chunk was sent to the idle worker at ``now`` (``poll``: timed, several items)."""
         self.since = self.progress_at = now
         self.poll_at = now + POLL_SECONDS if poll else math.inf
 
-    def queued(self, now: float) -> None:
-        """A chunk was sent at ``now`` to run after the current one."""
-        self.queued_at = now
+    def queued(self, now: float, *, first: bool) -> None:
+        """A chunk was sent at ``now`` to run after the current one (``first``:
+        nothing else was queued). A later one keeps the earlier time, which
+        still bounds the start of every chunk queued since."""
+        if first:
+            self.queued_at = now
 
-    def next_chunk(self) -> None:
-        """The worker went on to its queued chunk, maybe well before now: only
-        its sending time bounds its start."""
+    def next_chunk(self, *, poll: bool) -> None:
+        """The worker went on to its next queued chunk, maybe well before now:
+        only its sending time bounds its start (``poll``: timed, several items)."""
         self.since = self.queued_at
+        self.poll_at = self.queued_at + POLL_SECONDS if poll else math.inf
 
     def progressed(self, now: float) -> None:
         """Outcomes arrived at ``now``.
@@ -114,8 +120,8 @@ class Slot:
     wid: int
     ready: bool = False
     chunk: Chunk | None = None
-    # The chunk sent after ``chunk``, which the worker runs next (prefetch).
-    queued: Chunk | None = None
+    # Chunks sent after ``chunk``, which the worker runs next, in order (prefetch).
+    queue: deque[Chunk] = field(default_factory=deque)
     reported: int = 0  # items this worker reported since it started
     # A chunk carrying a map's function is not reported encoded yet: nothing
     # is queued behind it (the worker would have no function if it fails).
@@ -137,6 +143,14 @@ class Slot:
     sent_rss: int | None = None
     # When the process started, once the backend says (``on_spawned``).
     spawned_at: float | None = None
+
+    def next_queued(self) -> Chunk | None:
+        """The chunk the worker goes on with once its running one is over."""
+        chunk = self.queue.popleft() if self.queue else None
+        if chunk is not None:
+            timed = chunk.job.config.timeout is not None
+            self.clock.next_chunk(poll=timed and len(chunk.args) > 1)
+        return chunk
 
     def running(self, reading: BeaconReading, chunk: Chunk) -> Running:
         """Which item of ``chunk`` (the worker's, or taken from it as it died)

@@ -108,9 +108,10 @@ class State:
         chunk, slot.chunk = slot.chunk, None
         if chunk is not None:
             chunk.job.running -= len(chunk.args) - chunk.done
-        queued, slot.queued = slot.queued, None
-        if queued is not None:
-            # The worker never started it: it ran ``chunk`` until now.
+        # The worker never started its queue: it ran ``chunk`` until now.
+        # Last first, so that each job's inputs go back in their order.
+        while slot.queue:
+            queued = slot.queue.pop()
             queued.job.running -= len(queued.args)
             self._requeue(queued, 0, len(queued.args))
         if chunk is not None and self._is_unsent(chunk):

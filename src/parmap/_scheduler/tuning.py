@@ -17,8 +17,16 @@ MAX_WINDOW_ITEMS = 65_536
 #: Chunks per worker a map without ``buffer`` pulls ahead (within the cap):
 #: one running, one queued behind it (prefetch), and one waiting in the
 #: parent, so that a worker's queue is refilled as soon as its outcomes
-#: arrive, not only once the consumer has taken them.
+#: arrive, not only once the consumer has taken them. A deeper queue
+#: (``QUEUE_SECONDS``) widens the window by its extra chunks.
 WINDOW_CHUNKS = 3
+#: A worker's queue holds chunks until they hold about this much estimated
+#: work, at most ``MAX_QUEUED``: the parent shares the cores with its workers
+#: and may not run for a few milliseconds (a scheduler time slice), and a
+#: queue of one short chunk (1,000 tiny items take well under one) ran dry
+#: in that time, its worker waiting for the parent about a third of a map.
+QUEUE_SECONDS = 0.005
+MAX_QUEUED = 4
 #: Consecutive workers that may die before reporting ready before the pool
 #: is declared broken (rather than respawning forever).
 MAX_STARTUP_FAILURES = 3
@@ -31,10 +39,12 @@ ITEM_TIMES_KEPT = 256
 #: raises, not an item that hung (see ``State._should_retry``).
 GENERIC_ERRORS: tuple[type[BaseException], ...] = (BaseException, Exception, OSError, RuntimeError)
 #: A worker may be sent its next chunk while it runs the current one (so it
-#: never waits for the parent between chunks) when the map has no timeout
-#: (a queued chunk would wait behind an item that hangs until its deadline)
-#: and its items take less than this: the tail of a map is then at most one
-#: chunk of such items out of balance.
+#: never waits for the parent between chunks) when the map's items take less
+#: than this: the tail of a map is then at most one chunk of such items out
+#: of balance. With a timeout too: a chunk queued behind an item that hangs
+#: waits until that item's deadline kills the worker, and then goes back
+#: unrun, which delays a few milliseconds of work by one timeout; waiting
+#: for the parent between chunks cost every timed map of tiny items 10-15%.
 PREFETCH_ITEM_SECONDS = 0.001
 FIRST_CHUNK_ITEMS = 1024
 #: Once a map's input is all known, a chunk with automatic size takes at most
