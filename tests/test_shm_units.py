@@ -99,3 +99,16 @@ def test_the_cache_reuses_an_unwritten_mapping_and_remaps_a_written_one() -> Non
     assert cache.map_segments([os.dup(empty.fd)], job_id=1) == [None]
     seg.close()
     empty.close()
+
+
+def test_a_memoryview_goes_out_of_band_and_a_bytearray_in_band() -> None:
+    # As the README says: CPython's pickler writes a bytearray itself, so
+    # only the memoryview of the same bytes reaches shared memory.
+    data = bytearray(os.urandom(1 << 16))
+    collector = _shm.Collector(1024)
+    stream, refs = collector.dumps([data, memoryview(data)])
+    assert [length for _, _, length in refs] == [len(data)]
+    assert len(stream) > len(data)  # the bytearray's bytes are in the stream
+    back = _shm.loads(stream, refs, [bytes(data)])
+    assert back[0] == data and isinstance(back[0], bytearray)
+    assert bytes(back[1]) == bytes(data)

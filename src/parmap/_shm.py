@@ -1,8 +1,8 @@
 """Large buffers out of band: pickle protocol 5 with buffers in memfd segments.
 
 ``dumps`` pickles an object and hands every buffer of at least ``threshold``
-bytes (numpy arrays, ``bytearray``, ``memoryview``, ``pickle.PickleBuffer``,
-and whatever exposes its data through them) to a *segment* instead of the
+bytes (numpy arrays, ``memoryview``, ``pickle.PickleBuffer``, and whatever
+exposes its data through them) to a *segment* instead of the
 pickle stream. A segment is an anonymous ``memfd_create`` file: it has no
 name, so nothing can leak when a process is SIGKILLed, and it does not live
 in ``/dev/shm``, so a small ``/dev/shm`` does not matter. Its descriptor
@@ -159,15 +159,13 @@ def _as_memoryview(obj: Any) -> memoryview:
     return memoryview(obj)
 
 
-def _as_bytearray(obj: Any) -> bytearray:
-    return bytearray(obj)
-
-
 class _Pickler(pickle.Pickler):
-    """Sends ``bytearray`` and ``memoryview`` through buffers too.
+    """Sends ``memoryview`` through buffers too.
 
-    The C pickler writes both in-band; reducing them to a ``PickleBuffer``
-    lets large ones go out of band like numpy's arrays.
+    The C pickler cannot pickle a memoryview; reducing it to a
+    ``PickleBuffer`` lets a large one go out of band like numpy's arrays.
+    A ``bytearray`` stays in-band: the C pickler writes one itself before it
+    asks ``reducer_override``, so it never reaches this class.
     """
 
     def __init__(self, file: io.BytesIO, threshold: int, callback: Callable[[Any], bool]) -> None:
@@ -175,10 +173,7 @@ class _Pickler(pickle.Pickler):
         self._threshold = threshold
 
     def reducer_override(self, obj: Any) -> Any:
-        kind = type(obj)
-        if kind is bytearray and len(obj) >= self._threshold:
-            return _as_bytearray, (pickle.PickleBuffer(obj),)
-        if kind is memoryview and obj.nbytes >= self._threshold and obj.contiguous:
+        if type(obj) is memoryview and obj.nbytes >= self._threshold and obj.contiguous:
             return _as_memoryview, (pickle.PickleBuffer(obj),)
         return NotImplemented
 
