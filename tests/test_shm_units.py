@@ -1,6 +1,7 @@
 """Out-of-band buffers in memfd segments, in this process: bytearray and
-memoryview out of band, a custom dump function, segments that cannot be
-made, many mappings at once, and the worker's mapping cache."""
+memoryview out of band, in arguments, functions and result batches, a custom
+pickler, segments that cannot be made, many mappings at once, and the
+worker's mapping cache."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import mmap
 import os
 import pickle
 
+import cloudpickle  # type: ignore[import-untyped, unused-ignore]
 import numpy as np
 import pytest
 
-from parmap import _shm, _shm_cache
+from parmap import _codec, _shm, _shm_cache
 
 
 def _roundtrip(obj: object, threshold: int | None, **kw: object) -> tuple[object, _shm.Pickled]:
@@ -25,7 +27,7 @@ def _roundtrip(obj: object, threshold: int | None, **kw: object) -> tuple[object
 def test_a_memoryview_goes_out_of_band() -> None:
     view = memoryview(bytes(os.urandom(8192)))
     back, pickled = _roundtrip([view, b"small"], 4096)
-    assert pickled.refs == ((0, 0, 8192),)
+    assert pickled.refs == ((0, 0, 8192, False),)
     assert len(pickled.data) < 4096
     assert isinstance(back, list)
     assert bytes(back[0]) == bytes(view)
@@ -33,12 +35,12 @@ def test_a_memoryview_goes_out_of_band() -> None:
     assert pickled.nbytes == len(pickled.data) + 8192
 
 
-def test_a_dump_function_is_used_with_and_without_segments() -> None:
+def test_a_pickler_class_is_used_with_and_without_segments() -> None:
     arr = np.arange(4096, dtype=np.int64)
-    back, pickled = _roundtrip(arr, 1024, dump=pickle.dumps)
+    back, pickled = _roundtrip(arr, 1024, pickler=cloudpickle.Pickler)
     assert pickled.refs
     assert np.array_equal(back, arr)  # type: ignore[arg-type]
-    back, pickled = _roundtrip(arr, None, dump=pickle.dumps)
+    back, pickled = _roundtrip(arr, None, pickler=cloudpickle.Pickler)
     assert pickled.refs == ()
     assert pickled.segments == ()
     assert np.array_equal(back, arr)  # type: ignore[arg-type]
@@ -101,14 +103,83 @@ def test_the_cache_reuses_an_unwritten_mapping_and_remaps_a_written_one() -> Non
     empty.close()
 
 
-def test_a_memoryview_goes_out_of_band_and_a_bytearray_in_band() -> None:
-    # As the README says: CPython's pickler writes a bytearray itself, so
-    # only the memoryview of the same bytes reaches shared memory.
-    data = bytearray(os.urandom(1 << 16))
-    collector = _shm.Collector(1024)
-    stream, refs = collector.dumps([data, memoryview(data)])
-    assert [length for _, _, length in refs] == [len(data)]
-    assert len(stream) > len(data)  # the bytearray's bytes are in the stream
-    back = _shm.loads(stream, refs, [bytes(data)])
-    assert back[0] == data and isinstance(back[0], bytearray)
-    assert bytes(back[1]) == bytes(data)
+def test_a_large_bytearray_goes_out_of_band_and_comes_back_a_bytearray() -> None:
+    data = bytearray(os.urandom(1 << 17))
+    small = bytearray(b"x" * 100)
+    back, pickled = _roundtrip([data, small, data, memoryview(data)], 1 << 16)
+    # One buffer for the bytearray (sent once though named twice), one for
+    # the memoryview; the small bytearray stays in the stream.
+    assert [(length, as_bytearray) for _, _, length, as_bytearray in pickled.refs] == [
+        (len(data), True),
+        (len(data), False),
+    ]
+    assert len(pickled.data) < 1024
+    assert isinstance(back, list)
+    assert type(back[0]) is bytearray and back[0] == data
+    assert back[2] is back[0]  # identity within one object survives
+    assert type(back[1]) is bytearray and back[1] == small
+    back[0][0] ^= 0xFF  # the receiver's copy is its own
+    assert back[0] != data and bytes(back[3]) == bytes(data)
+
+
+def test_a_bytearray_below_the_threshold_or_with_none_stays_in_the_stream() -> None:
+    data = bytearray(os.urandom(1 << 17))
+    for threshold in (1 << 18, None):
+        back, pickled = _roundtrip(data, threshold)
+        assert pickled.refs == () and pickled.segments == ()
+        assert len(pickled.data) > len(data)
+        assert type(back) is bytearray and back == data
+
+
+def test_a_bytearray_bound_into_a_closure_goes_out_of_band_with_cloudpickle() -> None:
+    data = bytearray(os.urandom(1 << 17))
+
+    def size() -> int:
+        return len(data)
+
+    back, pickled = _roundtrip(size, 1 << 16, pickler=cloudpickle.Pickler)
+    assert [as_bytearray for *_, as_bytearray in pickled.refs] == [True]
+    assert len(pickled.data) < len(data)
+    assert back() == len(data)  # type: ignore[operator]
+
+
+def test_the_same_bytearray_in_two_messages_is_copied_once() -> None:
+    data = bytearray(os.urandom(1 << 17))
+    broadcast = _shm.Broadcast()
+    first = _shm.Collector(1 << 16, broadcast)
+    _, refs = first.dumps((data, 1))
+    (segment,) = first.segments()
+    second = _shm.Collector(1 << 16, broadcast)
+    _, again = second.dumps((data, 2))
+    fresh, *reused = second.segments()
+    assert fresh.size == 0 and reused == [segment]  # nothing copied, the old one referred to
+    assert again == ((1, 0, len(data), True),) and refs == ((0, 0, len(data), True),)
+    segment.close()
+    fresh.close()
+
+
+def test_a_result_batch_sends_a_large_bytearray_out_of_band() -> None:
+    data = bytearray(os.urandom(1 << 21))
+    body, segments = _codec.encode_batch([data, 7, "text"], 0.5, [], 1 << 20)
+    assert len(segments) == 1 and len(body) < 4096
+    maps = _shm.map_segments([os.dup(segments[0].fd)])
+    segments[0].close()
+    tag, values, errors, pickled, busy, _ = pickle.loads(body)
+    assert tag == _codec.BATCH and errors is None and busy == 0.5
+    values, failed = _codec.decode_batch(values, errors, pickled, maps)
+    assert failed is None
+    assert values[1:] == [7, "text"]
+    assert type(values[0]) is bytearray and values[0] == data
+    # Without a threshold, the same batch is one plain pickle.
+    body, segments = _codec.encode_batch([data, 7], 0.5, [], None)
+    assert segments == () and len(body) > len(data)
+
+
+def test_a_buffer_below_the_threshold_but_past_a_frame_stays_in_band() -> None:
+    # The pickler writes a buffer of 64 KiB and more to the file on its own
+    # (as a PickleBuffer, for an array): that write must pass through intact.
+    for arr in (np.arange(20_000.0).reshape(100, 200), np.asfortranarray(np.ones((300, 300)))):
+        back, pickled = _roundtrip({"a": arr, "b": bytes(70_000)}, 1 << 20)
+        assert pickled.refs == ()
+        assert isinstance(back, dict) and np.array_equal(back["a"], arr)
+        assert back["b"] == bytes(70_000)

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parmap import Pool, pmap
+from parmap import Pool, _shm, pmap
 from parmap._wire import HEADER, Inbox, Outbox
 
 from . import transport_cases as cases
@@ -107,9 +107,45 @@ def test_bytearray_and_memoryview_cross_out_of_band() -> None:
     view = memoryview(bytes(data))
     res = pmap(cases.transform, [bytes(data), data], workers=2)
     assert res[0] == bytes(data)[::-1]
+    assert type(res[1]) is bytearray and res[1] == data * 2  # a bytearray result
     with Pool(workers=2) as pool:
         got = pool.pmap(len, [data, view, data]).unwrap()
+        steps = range(0, len(data), 1 << 18)
+        bound = pool.pmap(partial(cases.byte_at, data), steps).unwrap()
     assert got == [len(data)] * 3
+    assert bound == [data[i] for i in steps]
+
+
+@pytest.mark.parametrize("threshold", [1 << 20, None])
+def test_bytearray_arguments_and_results_travel_in_segments(
+    threshold: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Watch, in the parent, the segments made for arguments and the
+    # segments received with results; both still do their real work.
+    made: list[int] = []
+    received: list[int] = []
+    real_create, real_map = os.memfd_create, _shm.map_segments
+
+    def create(name: str, flags: int = os.MFD_CLOEXEC) -> int:
+        made.append(1)
+        return real_create(name, flags)
+
+    def map_segments(fds: Any) -> Any:
+        received.extend(os.fstat(fd).st_size for fd in fds)
+        return real_map(fds)
+
+    monkeypatch.setattr(os, "memfd_create", create)
+    monkeypatch.setattr(_shm, "map_segments", map_segments)
+    items = [bytearray(os.urandom(3 << 20)) for _ in range(3)]
+    res = pmap(cases.transform, items, workers=1, chunksize=1, shared_memory_threshold=threshold)
+    assert all(
+        type(v) is bytearray and v == i * 2 for v, i in zip(res.unwrap(), items, strict=True)
+    )
+    if threshold is None:
+        assert made == [] and received == []
+    else:
+        assert len(made) == 3  # one segment per chunk's arguments
+        assert sorted(received) == [6 << 20] * 3  # one per result
 
 
 def test_a_big_bound_array_is_put_in_shared_memory_once() -> None:

@@ -179,6 +179,10 @@ class PlainPickler(pickle.Pickler):
         raise NotPlain
 
 
+def _not_plain(data: bytearray) -> bool:
+    raise NotPlain
+
+
 class Failed:
     """Marks an outcome slot that holds an error instead of a value."""
 
@@ -231,7 +235,9 @@ def encode_batch(
     Large buffers of at least ``threshold`` bytes go to one new segment,
     whose descriptor the caller sends with the body and then closes.
     """
-    buffer = io.BytesIO()
+    # A large bytearray is plain, but must go out of band: met, it sends the
+    # batch down the slow path like a value that is not plain.
+    buffer = io.BytesIO() if threshold is None else _shm.Stream(threshold, _not_plain)
     try:
         # The common case, checked by the pickler itself at C speed.
         PlainPickler(buffer, PROTOCOL).dump((BATCH, values, None, None, busy, slices))

@@ -89,20 +89,19 @@ def _cloudpickle() -> Any:
     return cloudpickle
 
 
-def _dump(fn: Callable[..., Any], threshold: int | None, dump: Any = None) -> bytes | _shm.Pickled:
+def _dump(
+    fn: Callable[..., Any], threshold: int | None, pickler: type[pickle.Pickler] | None = None
+) -> bytes | _shm.Pickled:
     if threshold is None or not _shm.AVAILABLE:
-        if dump is None:
-            return pickle.dumps(fn, PROTOCOL)
-        data: bytes = dump(fn, protocol=PROTOCOL)
-        return data
-    return _shm.dumps(fn, threshold, dump=dump)
+        return _shm.Collector(None).dumps(fn, pickler)[0]
+    return _shm.dumps(fn, threshold, pickler=pickler)
 
 
 def _by_value(
     fn: Callable[..., Any], cloudpickle: Any, threshold: int | None
 ) -> bytes | _shm.Pickled:
     try:
-        return _dump(fn, threshold, cloudpickle.dumps)
+        return _dump(fn, threshold, cloudpickle.Pickler)
     except Exception as again:
         name = callable_name(fn, module=False)
         raise TypeError(

@@ -1,8 +1,8 @@
 """Large buffers out of band: pickle protocol 5 with buffers in memfd segments.
 
 ``dumps`` pickles an object and hands every buffer of at least ``threshold``
-bytes (numpy arrays, ``memoryview``, ``pickle.PickleBuffer``, and whatever
-exposes its data through them) to a *segment* instead of the
+bytes (numpy arrays, ``bytearray``, ``memoryview``, ``pickle.PickleBuffer``,
+and whatever exposes its data through them) to a *segment* instead of the
 pickle stream. A segment is an anonymous ``memfd_create`` file: it has no
 name, so nothing can leak when a process is SIGKILLed, and it does not live
 in ``/dev/shm``, so a small ``/dev/shm`` does not matter. Its descriptor
@@ -52,8 +52,13 @@ MAX_TRACKED_MAPS = 256
 PROT = mmap.PROT_READ | mmap.PROT_WRITE
 _live_maps: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
 
-BufferRef = tuple[int, int, int]
-"""Where an out-of-band buffer lies: (segment number in the message, offset, length)."""
+BufferRef = tuple[int, int, int, bool]
+"""Where an out-of-band buffer lies: (segment number in the message, offset,
+length, whether the receiver rebuilds a ``bytearray`` from it)."""
+
+_BYTEARRAY8 = b"\x96"
+_NEXT_BUFFER = b"\x97"
+_HEADER = 9  # BYTEARRAY8 and its 8-byte length
 
 
 class Segment:
@@ -114,7 +119,7 @@ class Pickled:
     @property
     def nbytes(self) -> int:
         """What the object weighs in transit: the stream and its buffers."""
-        return len(self.data) + sum(length for _, _, length in self.refs)
+        return len(self.data) + sum(ref[2] for ref in self.refs)
 
 
 class Broadcast:
@@ -164,8 +169,6 @@ class _Pickler(pickle.Pickler):
 
     The C pickler cannot pickle a memoryview; reducing it to a
     ``PickleBuffer`` lets a large one go out of band like numpy's arrays.
-    A ``bytearray`` stays in-band: the C pickler writes one itself before it
-    asks ``reducer_override``, so it never reaches this class.
     """
 
     def __init__(self, file: io.BytesIO, threshold: int, callback: Callable[[Any], bool]) -> None:
@@ -176,6 +179,40 @@ class _Pickler(pickle.Pickler):
         if type(obj) is memoryview and obj.nbytes >= self._threshold and obj.contiguous:
             return _as_memoryview, (pickle.PickleBuffer(obj),)
         return NotImplemented
+
+
+class Stream(io.BytesIO):
+    """A pickler's file that hands large ``bytearray`` objects to ``place``.
+
+    The C pickler writes a ``bytearray`` itself: it never offers one to
+    ``buffer_callback`` or ``reducer_override``. But it writes the bytes of a
+    large one (64 KiB and up) to its file in a ``write`` call of their own,
+    right after the 9-byte ``BYTEARRAY8`` header. Where ``place`` takes the
+    bytes, that header becomes ``NEXT_BUFFER``, and the receiver gets the
+    buffer back as a ``bytearray`` (``loads``). A pickler that wrote
+    differently would leave the bytes in the stream, which is still right.
+    """
+
+    def __init__(self, threshold: int, place: Callable[[bytearray], bool]) -> None:
+        super().__init__()
+        self._threshold = threshold
+        self._place = place
+        self._tail = b""
+
+    def write(self, data: Any, /) -> int:
+        if (
+            type(data) is bytearray
+            and len(data) >= self._threshold
+            and self._tail == _BYTEARRAY8 + len(data).to_bytes(8, "little")
+            and self._place(data)
+        ):
+            self.seek(-_HEADER, io.SEEK_END)
+            self.truncate()
+            self._tail = b""
+            return super().write(_NEXT_BUFFER)
+        # A header comes in the pickler's own bytes, never in a payload.
+        self._tail = data[-_HEADER:] if type(data) is bytes else b""
+        return super().write(data)
 
 
 class Collector:
@@ -195,14 +232,7 @@ class Collector:
         self._reused: list[Segment] = []
         self._numbers: dict[int, int] = {}  # id(reused segment) -> its number
 
-    def _callback(self, buffer: pickle.PickleBuffer) -> bool:
-        try:
-            view = buffer.raw()
-        except BufferError:  # not contiguous: pickled in-band
-            return True
-        threshold = self._threshold
-        if threshold is None or view.nbytes < threshold:
-            return True
+    def _place(self, view: memoryview, as_bytearray: bool) -> None:
         owner = view.obj
         known = self._broadcast.find(owner, view) if self._broadcast is not None else None
         if known is not None:
@@ -211,29 +241,45 @@ class Collector:
             if number is None:
                 self._reused.append(segment)
                 number = self._numbers[id(segment)] = len(self._reused)
-            self._refs.append((number, offset, view.nbytes))
+            self._refs.append((number, offset, view.nbytes, as_bytearray))
         else:
-            self._refs.append((0, self._size, view.nbytes))
+            self._refs.append((0, self._size, view.nbytes, as_bytearray))
             self._views.append((view, owner, self._size))
             self._size += -(-view.nbytes // ALIGN) * ALIGN
+
+    def _callback(self, buffer: pickle.PickleBuffer) -> bool:
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: pickled in-band
+            return True
+        threshold = self._threshold
+        if threshold is None or view.nbytes < threshold:
+            return True
+        self._place(view, False)
         return False
 
+    def _place_bytearray(self, data: bytearray) -> bool:
+        self._place(memoryview(data), True)
+        return True
+
     def dumps(
-        self, obj: Any, dump: Callable[..., bytes] | None = None
+        self, obj: Any, pickler: type[pickle.Pickler] | None = None
     ) -> tuple[bytes, tuple[BufferRef, ...]]:
-        """Pickle ``obj``; ``dump`` replaces ``pickle.dumps`` (``cloudpickle.dumps``)."""
-        if self._threshold is None:
-            if dump is not None:
-                return dump(obj, protocol=PROTOCOL), ()
-            return pickle.dumps(obj, PROTOCOL), ()
+        """Pickle ``obj``; ``pickler`` replaces the default (``cloudpickle.Pickler``)."""
+        threshold = self._threshold
+        if threshold is None:
+            if pickler is None:
+                return pickle.dumps(obj, PROTOCOL), ()
+            plain = io.BytesIO()
+            pickler(plain, PROTOCOL).dump(obj)
+            return plain.getvalue(), ()
         self._refs: list[BufferRef] = []
-        if dump is not None:
-            data = dump(obj, protocol=PROTOCOL, buffer_callback=self._callback)
+        stream = Stream(threshold, self._place_bytearray)
+        if pickler is not None:
+            pickler(stream, PROTOCOL, buffer_callback=self._callback).dump(obj)
         else:
-            stream = io.BytesIO()
-            _Pickler(stream, self._threshold, self._callback).dump(obj)
-            data = stream.getvalue()
-        return data, tuple(self._refs)
+            _Pickler(stream, threshold, self._callback).dump(obj)
+        return stream.getvalue(), tuple(self._refs)
 
     def segments(self) -> tuple[Segment, ...]:
         """Write the new segment; return it and the reused ones, in reference order."""
@@ -248,10 +294,12 @@ class Collector:
         return (fresh, *self._reused)
 
 
-def dumps(obj: Any, threshold: int | None, *, dump: Callable[..., bytes] | None = None) -> Pickled:
+def dumps(
+    obj: Any, threshold: int | None, *, pickler: type[pickle.Pickler] | None = None
+) -> Pickled:
     """Pickle one object, its large buffers in a segment of their own."""
     collector = Collector(threshold)
-    data, refs = collector.dumps(obj, dump)
+    data, refs = collector.dumps(obj, pickler)
     return Pickled(data, refs, collector.segments())
 
 
@@ -292,7 +340,9 @@ def loads(data: bytes | memoryview, refs: Sequence[BufferRef], maps: Sequence[An
     """Unpickle what ``dumps`` made, with its segments already mapped."""
     if not refs:
         return pickle.loads(data)
-    buffers = [
-        memoryview(maps[number])[offset : offset + length] for number, offset, length in refs
-    ]
+    buffers: list[memoryview | bytearray] = []
+    for number, offset, length, as_bytearray in refs:
+        view = memoryview(maps[number])[offset : offset + length]
+        # A bytearray cannot wrap a mapping: this is its one copy.
+        buffers.append(bytearray(view) if as_bytearray else view)
     return pickle.loads(data, buffers=buffers)
