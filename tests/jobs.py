@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import os
+import pickle
 import signal
 import time
 from typing import Any
@@ -609,3 +610,28 @@ def raise_silent(x: int) -> int:
     if x == 1:
         raise SilentError
     return x
+
+
+class PicklesEveryOtherTime:
+    """Pickles on every second attempt only (the count is the class's)."""
+
+    attempts = 0
+
+    def __reduce__(self) -> tuple[type[PicklesEveryOtherTime], tuple[()]]:
+        type(self).attempts += 1
+        if type(self).attempts % 2:
+            raise TypeError("not this time")
+        return PicklesEveryOtherTime, ()
+
+
+def map_an_input_that_pickles_every_other_time() -> None:
+    """A chunk of one input that fails to pickle, but not when tried alone."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import parmap
+
+    with ProcessPoolExecutor(1) as executor:
+        for backend in ("process", executor):
+            res = parmap.pmap(type, [PicklesEveryOtherTime()], backend=backend, on_error="collect")
+            assert isinstance(res.errors[0], pickle.PicklingError), res.errors
+            print("failed its item:", res.errors[0])

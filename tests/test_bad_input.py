@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,6 +24,7 @@ from parmap import Pool, RemoteError, WorkerCrashedError, apmap, imap, parallel,
 from parmap._options import StartMethod
 
 from . import jobs
+from .checks import run_limited
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -194,6 +196,15 @@ def test_an_argument_that_cannot_be_pickled_fails_only_its_item(
     error = res.errors[1]
     assert isinstance(error, pickle.PicklingError)
     assert "input 1" in str(error) and "could not be pickled" in str(error)
+
+
+def test_an_input_that_fails_to_pickle_only_in_its_chunk_fails_and_does_not_loop() -> None:
+    # Tried alone it pickles, in its chunk it did not: sent again and again on
+    # its own, it used to keep the map busy forever.
+    code = "from tests import jobs; jobs.map_an_input_that_pickles_every_other_time()"
+    out = run_limited([sys.executable, "-c", code], limit=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("failed its item") == 2, out.stdout
 
 
 def test_many_arguments_that_cannot_be_pickled_each_fail_alone() -> None:

@@ -11,7 +11,7 @@ the scheduler never reads a clock or a backend itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import _wire
@@ -228,13 +228,18 @@ def encode_chunk(
     message = send.message
     try:
         payload = encode(message)
-    except Exception:
+    except Exception as chunk_error:
         errors: dict[int, Exception] = {}
         for pos, arg in enumerate(message.args):
             try:
-                encode(ChunkMessage(message.job_id, None, message.star, [arg]))
+                # As the chunk would have been (its threshold too), minus the function.
+                encode(replace(message, fn=None, args=[arg]))
             except Exception as exc:
                 errors[pos] = exc
+        if not errors and len(message.args) == 1:
+            # It failed, yet not alone (it pickles only every other time, say):
+            # sent again on its own it could fail forever.
+            errors[0] = chunk_error
         return None, Unpicklable(send.wid, message.job_id, errors)
     weight = None
     if isinstance(payload, _wire.Encoded):
