@@ -75,9 +75,12 @@ class Pump:
             self._owner = None
             self._turn.release()
             if self._waiting:
-                # Python locks are not fair: step aside so a waiting thread
-                # gets the turn rather than us taking it straight back.
-                time.sleep(0.0005)
+                # Python locks are not fair: step aside until a waiting thread
+                # took the turn. Taken straight back, the turn would go into a
+                # wait with no end (its wake-up was read already) while the
+                # other thread, slow to run on a loaded machine, waits for it.
+                while self._waiting and not self._turn.locked():
+                    time.sleep(0.0005)
 
     @contextmanager
     def turn_for_close(self) -> Iterator[None]:
