@@ -6,7 +6,7 @@ what fails when a signature drifts.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from concurrent.futures import Future
 from typing import Any, assert_type
 
@@ -58,6 +58,7 @@ def check_types() -> None:
     assert_type(it, Generator[Outcome[int], None, None])
     assert_type(ait, AsyncGenerator[Outcome[int], None])
     assert_type(configured.imap([1, 2]).stats, MapStats | None)
+    assert_type(configured.imap([1, 2]).values(), Iterator[int])
     assert_type(pmap(_length, ["a"], workers=2), MapResult[int])
     assert_type(imap(_length, ["a"]), MapIterator[int])
     with Pool(workers=1) as pool:

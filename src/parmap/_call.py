@@ -19,7 +19,7 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._callables import function_key
-from ._driver import aiterate, collect, iterate, outcomes, segment_outcomes
+from ._driver import aiterate, collect, iterate, outcomes
 from ._engine import Engine
 from ._iterators import AsyncMapIterator, MapIterator
 from ._options import MapConfig, MapOptions, Options
@@ -174,11 +174,11 @@ class MapCall:
         resumed = 0 if resume is None else resume.resumed
         return MapResult(values, dict(sorted(errors.items())), self.stats(), resumed=resumed)
 
-    def stream(self) -> Generator[Iterator[Outcome[Any]], None, None]:
-        """The outcomes, one iterator per completed segment (``MapIterator`` flattens them)."""
+    def stream(self) -> Generator[Segment, None, None]:
+        """The outcomes, a segment at a time (``MapIterator`` flattens them)."""
         segments = self.segments(self.resume(stream=True))
         try:
-            yield from map(segment_outcomes, segments)
+            yield from segments
         finally:
             segments.close()
 
@@ -220,8 +220,8 @@ def map_only(options: Options) -> MapOptions:
 
 
 def _closing(
-    stream: Generator[Iterator[Outcome[Any]], None, None], pool: Pool | None
-) -> Generator[Iterator[Outcome[Any]], None, None]:
+    stream: Generator[Segment, None, None], pool: Pool | None
+) -> Generator[Segment, None, None]:
     try:
         yield from stream
     finally:

@@ -319,15 +319,50 @@ def segment_outcomes(segment: Segment) -> Iterator[Outcome[Any]]:
     if errors is None:
         # No Python frame per item: map builds them.
         return map(outcome, range(start, start + len(values)), values)
-    return _with_errors(start, values, errors)
+    return _WithErrors(start, values, errors, outcomes=True)
 
 
-def _with_errors(
-    start: int, values: list[Any], errors: dict[int, BaseException]
-) -> Iterator[Outcome[Any]]:
-    for index, value in enumerate(values, start):
-        error = errors.get(index)
-        yield outcome(index, None, error) if error is not None else outcome(index, value)
+def segment_values(segment: Segment) -> Iterator[Any]:
+    """One segment's values; an item's error is raised in its place."""
+    start, values, errors = segment
+    if errors is None:
+        return iter(values)
+    return _WithErrors(start, values, errors, outcomes=False)
+
+
+class Stoppable(Iterator[Any]):
+    """An iterator that ``stop()`` ends early."""
+
+    __slots__ = ()
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class _WithErrors(Stoppable):
+    """A segment with failed items: their outcomes, or their values with each
+    error raised in its place (and the iteration able to go on after it)."""
+
+    __slots__ = ("_errors", "_items", "_outcomes")
+
+    def __init__(
+        self, start: int, values: list[Any], errors: dict[int, BaseException], *, outcomes: bool
+    ) -> None:
+        self._items: Iterator[tuple[int, Any]] = enumerate(values, start)
+        self._errors = errors
+        self._outcomes = outcomes
+
+    def __next__(self) -> Any:
+        index, value = next(self._items)
+        error = self._errors.get(index)
+        if self._outcomes:
+            return outcome(index, None, error) if error is not None else outcome(index, value)
+        if error is not None:
+            raise error
+        return value
+
+    def stop(self) -> None:
+        self._items = iter(())
 
 
 def collect(
