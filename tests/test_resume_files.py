@@ -71,12 +71,14 @@ def test_a_file_that_does_not_name_its_function_is_damaged(tmp_path: Path) -> No
         CheckpointFile.open(path, "m.f", "0")
 
 
-def test_a_closed_file_cannot_be_read(tmp_path: Path) -> None:
+def test_a_closed_file_cannot_be_read_or_written(tmp_path: Path) -> None:
     f = CheckpointFile.open(str(tmp_path / "ck.sqlite"), "m.f", "0")
     f.save([(0, b"f" * 16, b"v")])
     f.close()
     with pytest.raises(CheckpointError, match="cannot read"):
         f.successes(0, 1)
+    with pytest.raises(CheckpointError, match="cannot write"):
+        f.save([(1, b"f" * 16, b"w")])
 
 
 def test_a_failed_save_leaves_the_file_as_it_was(tmp_path: Path) -> None:

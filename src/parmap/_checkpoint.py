@@ -151,8 +151,9 @@ class CheckpointFile:
         except sqlite3.Error as exc:
             raise self._error(exc, "cannot read") from exc
         finally:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
+            # (in_transaction itself raises on a closed connection.)
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
                     conn.execute("ROLLBACK")
 
     def _create(self, function: str, parmap_version: str) -> None:
@@ -227,8 +228,9 @@ class CheckpointFile:
         except BaseException as exc:
             # Also on KeyboardInterrupt between the statements: the rows stay
             # with the caller, who may save them again.
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
+            # (in_transaction itself raises on a closed connection.)
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
                     conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
                 raise self._error(exc, "cannot write") from exc
