@@ -21,6 +21,7 @@ from parmap._scheduler import (
     MAX_STARTUP_FAILURES,
     MAX_WINDOW_ITEMS,
     POLL_SECONDS,
+    TIMED_PREFETCH_AFTER,
     WINDOW_CHUNKS,
     Job,
     Scheduler,
@@ -312,6 +313,40 @@ def test_a_timed_chunk_queued_behind_the_running_one_keeps_per_item_deadlines() 
     values, errors = drain(job)
     assert list(errors) == [200] and isinstance(errors[200], TaskTimeoutError)
     assert values[:200] == list(range(200)) and values[201:] == list(range(201, 300))
+
+
+def test_a_timed_map_queues_only_after_its_first_items_and_never_after_a_timeout() -> None:
+    # A chunk queued behind a hanging item starts a whole timeout late: a
+    # timed map sends ahead once its items have shown they are short, and
+    # stops at its first timeout.
+    h = Harness(workers=1, prefetch=True)
+    job = h.job(range(400), timeout=1.0, chunksize=10, on_error="collect")
+    h.sched.on_ready(0, h.now)
+    h.flush()
+    slot = h.sched.slots[0]
+    done = 0
+    while done < TIMED_PREFETCH_AFTER:
+        assert not slot.queue, f"sent ahead after {done} items"
+        assert slot.chunk is not None
+        done += len(h.chunks[0])
+        h.report(0, h.chunks[0], per_item=1e-6)
+    assert slot.queue  # short items, enough of them: now it sends ahead
+    running = slot.chunk
+    assert running is not None
+    h.beacons[0] = (done + 1, h.now)  # the running chunk's first item hangs
+    h.now += 1.0
+    h.tick(h.now)
+    assert Kill(0) in h.flush()
+    h.sched.on_ready(1, h.now)  # the replacement
+    h.flush()
+    for _ in range(5):  # it runs what came back, one chunk at a time
+        new = h.sched.slots[1]
+        assert not new.queue
+        h.report(1, h.chunks[1], per_item=1e-6)
+    h.finish_all()
+    values, errors = drain(job)
+    assert list(errors) == [running.start] and isinstance(errors[running.start], TaskTimeoutError)
+    assert len(values) == 400
 
 
 def test_timeout_blames_the_item_the_beacon_names_even_when_earlier_ones_are_unreported() -> None:

@@ -92,6 +92,7 @@ from .tuning import (
     TAIL_FLOOR_SECONDS,
     TAIL_SHARES,
     TARGET_CHUNK_SECONDS,
+    TIMED_PREFETCH_AFTER,
     WINDOW_CHUNKS,
 )
 
@@ -114,6 +115,7 @@ __all__ = [
     "TAIL_FLOOR_SECONDS",
     "TAIL_SHARES",
     "TARGET_CHUNK_SECONDS",
+    "TIMED_PREFETCH_AFTER",
     "WINDOW_CHUNKS",
     "Chunk",
     "Clock",

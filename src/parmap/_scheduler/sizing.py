@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from .._stats import TIMED_OUT
 from .jobs import Job
 from .slots import Slot
 from .tuning import (
@@ -19,6 +20,7 @@ from .tuning import (
     TAIL_FLOOR_SECONDS,
     TAIL_SHARES,
     TARGET_CHUNK_SECONDS,
+    TIMED_PREFETCH_AFTER,
 )
 
 
@@ -56,7 +58,12 @@ def chunk_size(job: Job, workers: int, *, item_beacon: bool, cap_by_total: bool 
 
 def may_prefetch(job: Job) -> bool:
     """Whether a chunk of ``job`` may wait in a worker behind another."""
-    return job.item_time is not None and job.item_time < PREFETCH_ITEM_SECONDS and not job.closed
+    if job.item_time is None or job.item_time >= PREFETCH_ITEM_SECONDS or job.closed:
+        return False
+    if job.config.timeout is None:
+        return True
+    stats = job.stats
+    return stats.succeeded >= TIMED_PREFETCH_AFTER and not stats.failures[TIMED_OUT]
 
 
 def queue_depth(job: Job, size: int) -> int:

@@ -46,6 +46,11 @@ GENERIC_ERRORS: tuple[type[BaseException], ...] = (BaseException, Exception, OSE
 #: unrun, which delays a few milliseconds of work by one timeout; waiting
 #: for the parent between chunks cost every timed map of tiny items 10-15%.
 PREFETCH_ITEM_SECONDS = 0.001
+#: ...but a timed map sends ahead only once this many of its items succeeded,
+#: and no longer once one timed out: in a map where items hang, a hanging
+#: item queued behind another one started a whole timeout late (12 items,
+#: every third hanging, timeout=1, 3 workers: 3.1 s instead of 2.1 s).
+TIMED_PREFETCH_AFTER = 64
 FIRST_CHUNK_ITEMS = 1024
 #: Once a map's input is all known, a chunk with automatic size takes at most
 #: ``1 / (TAIL_SHARES * workers)`` of what is left to send.
