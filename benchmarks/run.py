@@ -506,7 +506,7 @@ def bench_explicit_chunks(ctx: Ctx) -> None:
         "items/s (warm pool), Outcome objects (o.value)",
         f"{fmt_rate(median(rates['parmap imap']))} ({median(vs_outcomes):.2f}x mp.Pool.imap); "
         f"{max(ahead['parmap imap']):,} ahead",
-        "(an Outcome per item costs the parent ~0.2 µs)",
+        "(an Outcome per item costs the parent about 0.25 µs)",
         "info",
         peers={POOL: fmt_rate(median(rates["mp.Pool imap"]))},
     )
