@@ -234,18 +234,5 @@ if __name__ == "__main__":
         main(sys.argv[1:])
 
 
-def bytes_read(_: Any = None) -> int:
-    """How many bytes this process has read so far (``rchar``: sockets too, not mappings)."""
-    with open("/proc/self/io") as io_stats:
-        for line in io_stats:
-            if line.startswith("rchar:"):
-                return int(line.split()[1])
-    raise AssertionError("no rchar in /proc/self/io")
-
-
-def kind_and_bytes_read(item: Any) -> tuple[str, int]:
-    return type(item).__name__, bytes_read()
-
-
 def byte_at(data: bytearray, i: int) -> int:
     return data[i]

@@ -151,10 +151,7 @@ class CheckpointFile:
         except sqlite3.Error as exc:
             raise self._error(exc, "cannot read") from exc
         finally:
-            # (in_transaction itself raises on a closed connection.)
-            with contextlib.suppress(sqlite3.Error):
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+            _roll_back(conn)
 
     def _create(self, function: str, parmap_version: str) -> None:
         conn = self._conn
@@ -228,10 +225,7 @@ class CheckpointFile:
         except BaseException as exc:
             # Also on KeyboardInterrupt between the statements: the rows stay
             # with the caller, who may save them again.
-            # (in_transaction itself raises on a closed connection.)
-            with contextlib.suppress(sqlite3.Error):
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+            _roll_back(conn)
             if isinstance(exc, sqlite3.Error):
                 raise self._error(exc, "cannot write") from exc
             raise
@@ -244,6 +238,13 @@ class CheckpointFile:
             self._conn.close()
         except sqlite3.Error as exc:
             raise self._error(exc, "cannot close") from exc
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    # Best effort: ``in_transaction`` itself raises on a closed connection.
+    with contextlib.suppress(sqlite3.Error):
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
 
 def describe_function(fn: object) -> str:

@@ -41,7 +41,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from . import _shm
 from ._results import ErrorPayload, rebuild_error
@@ -179,7 +179,7 @@ class PlainPickler(pickle.Pickler):
         raise NotPlain
 
 
-def _not_plain(data: bytearray) -> bool:
+def _not_plain(data: bytearray) -> NoReturn:
     raise NotPlain
 
 

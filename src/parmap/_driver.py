@@ -319,7 +319,7 @@ def segment_outcomes(segment: Segment) -> Iterator[Outcome[Any]]:
     if errors is None:
         # No Python frame per item: map builds them.
         return map(outcome, range(start, start + len(values)), values)
-    return _WithErrors(start, values, errors, outcomes=True)
+    return WithErrors(start, values, errors, outcomes=True)
 
 
 def segment_values(segment: Segment) -> Iterator[Any]:
@@ -327,21 +327,13 @@ def segment_values(segment: Segment) -> Iterator[Any]:
     start, values, errors = segment
     if errors is None:
         return iter(values)
-    return _WithErrors(start, values, errors, outcomes=False)
+    return WithErrors(start, values, errors, outcomes=False)
 
 
-class Stoppable(Iterator[Any]):
-    """An iterator that ``stop()`` ends early."""
-
-    __slots__ = ()
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-
-class _WithErrors(Stoppable):
+class WithErrors(Iterator[Any]):
     """A segment with failed items: their outcomes, or their values with each
-    error raised in its place (and the iteration able to go on after it)."""
+    error raised in its place (and the iteration able to go on after it);
+    ``stop()`` ends it early."""
 
     __slots__ = ("_errors", "_items", "_outcomes")
 

@@ -8,7 +8,7 @@ from itertools import chain
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._driver import Stoppable, segment_outcomes, segment_values
+from ._driver import WithErrors, segment_outcomes, segment_values
 from ._results import Outcome
 from ._scheduler import Segment
 from ._stats import MapStats
@@ -49,7 +49,7 @@ class _Progress:
     def stop(self) -> None:
         # What was already taken from the map is not given once it ended.
         current, self.current = self.current, _EMPTY
-        if isinstance(current, Stoppable):
+        if isinstance(current, WithErrors):
             current.stop()
         else:
             deque(current, maxlen=0)  # a list's iterator, at C speed

@@ -187,13 +187,13 @@ class Stream(io.BytesIO):
     The C pickler writes a ``bytearray`` itself: it never offers one to
     ``buffer_callback`` or ``reducer_override``. But it writes the bytes of a
     large one (64 KiB and up) to its file in a ``write`` call of their own,
-    right after the 9-byte ``BYTEARRAY8`` header. Where ``place`` takes the
-    bytes, that header becomes ``NEXT_BUFFER``, and the receiver gets the
+    right after the 9-byte ``BYTEARRAY8`` header. ``place`` takes those
+    bytes, the header becomes ``NEXT_BUFFER``, and the receiver gets the
     buffer back as a ``bytearray`` (``loads``). A pickler that wrote
     differently would leave the bytes in the stream, which is still right.
     """
 
-    def __init__(self, threshold: int, place: Callable[[bytearray], bool]) -> None:
+    def __init__(self, threshold: int, place: Callable[[bytearray], None]) -> None:
         super().__init__()
         self._threshold = threshold
         self._place = place
@@ -204,8 +204,8 @@ class Stream(io.BytesIO):
             type(data) is bytearray
             and len(data) >= self._threshold
             and self._tail == _BYTEARRAY8 + len(data).to_bytes(8, "little")
-            and self._place(data)
         ):
+            self._place(data)
             self.seek(-_HEADER, io.SEEK_END)
             self.truncate()
             self._tail = b""
@@ -258,9 +258,8 @@ class Collector:
         self._place(view, False)
         return False
 
-    def _place_bytearray(self, data: bytearray) -> bool:
+    def _place_bytearray(self, data: bytearray) -> None:
         self._place(memoryview(data), True)
-        return True
 
     def dumps(
         self, obj: Any, pickler: type[pickle.Pickler] | None = None
