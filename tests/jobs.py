@@ -21,6 +21,12 @@ from parmap import parallel
 from parmap._options import StartMethod
 
 
+def sleep_then_pid(seconds: float) -> int:
+    """Sleep ``seconds``, then say which process ran the item."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def square(x: int) -> int:
     return x * x
 

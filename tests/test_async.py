@@ -810,3 +810,108 @@ if sys.argv[3] == "close":
     assert out.stdout.split("\n") == ["[2, 3]", "[4]", "stopped", ""]
     # asyncio may warn that the user's task was destroyed pending; parmap prints nothing.
     assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
+
+
+# ------------------------------------- starting workers from a loop (issue 19)
+#: A script's probe: counts the loop's turns (a callback that reschedules
+#: itself runs once per turn) and the forks the process makes in each.
+TURNS_AND_FORKS = """
+import os
+turn = 0
+forks = []  # the turn of each fork
+
+def count_turns(loop):
+    global turn
+    turn += 1
+    loop.call_soon(count_turns, loop)
+
+os.register_at_fork(before=lambda: forks.append(turn))
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_cold_pool_serving_a_loop_starts_one_worker_per_turn(loop: str) -> None:
+    # Four forks in one callback stalled the loop for their sum (issue 10's lag).
+    out = run_script(
+        LOOP_FACTORY
+        + TURNS_AND_FORKS
+        + """
+import parmap
+from tests import jobs
+
+async def main():
+    count_turns(asyncio.get_running_loop())
+    res = await parmap.apmap(jobs.sleep_then_pid, [0.05] * 16, workers=4)
+    print(len(forks), len(set(forks)), len(set(res.unwrap())), flush=True)
+
+with asyncio.Runner(loop_factory=new_loop) as runner:
+    runner.run(main())
+""",
+        loop,
+    )
+    assert out.returncode == 0, out.stderr
+    # Four workers, each started in a turn of its own, and every one ran items.
+    assert out.stdout.split() == ["4", "4", "4"], out.stdout
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_cancelling_a_map_before_its_pool_has_started_leaves_no_process(loop: str) -> None:
+    out = run_script(
+        LOOP_FACTORY
+        + TURNS_AND_FORKS
+        + """
+import parmap
+from tests import jobs
+from tests.procs import running_children, wait_ended
+
+async def main():
+    count_turns(asyncio.get_running_loop())
+    task = asyncio.create_task(parmap.apmap(jobs.sleep_then_pid, [60] * 8, workers=4))
+    while not forks:
+        await asyncio.sleep(0)
+    task.cancel()  # three workers are still to start
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    started = len(forks)
+    await asyncio.sleep(0.2)  # a worker put off would start by now
+    print(started < 4, len(forks) == started, flush=True)
+    print(not wait_ended(running_children(), 10), flush=True)
+
+with asyncio.Runner(loop_factory=new_loop) as runner:
+    runner.run(main())
+""",
+        loop,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True"], out.stdout
+
+
+def test_workers_put_off_by_a_loop_start_when_a_blocking_map_needs_them() -> None:
+    # The loop is closed before their turns come: a blocking map starts them.
+    out = run_script(
+        TURNS_AND_FORKS
+        + """
+import asyncio
+import parmap
+from tests import jobs
+
+pool = parmap.Pool(workers=3)
+loop = asyncio.new_event_loop()
+pending = loop.create_task(pool.apmap(jobs.sleep_then_pid, [0.05] * 3))
+
+async def one_started():
+    while not forks:
+        await asyncio.sleep(0)
+
+loop.run_until_complete(one_started())
+loop.close()
+print(len(forks) < 3, flush=True)
+pids = pool.pmap(jobs.sleep_then_pid, [0.05] * 12).unwrap()
+print(len(set(pids)), flush=True)
+pool.close()
+"""
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "3"], out.stdout

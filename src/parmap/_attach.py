@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from ._scheduler import Job
 
 
+#: Seconds between two workers' starts while a pool serves a loop.
+SPAWN_GAP = 0.001
+
+
 class Attachment:
     """One engine's hold on the event loop it serves (at most one at a time)."""
 
@@ -37,6 +41,8 @@ class Attachment:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._waiters: dict[Job, list[asyncio.Future[None]]] = {}
+        self._spawn_due = False  # a turn to start a worker is scheduled (``spawn_later``)
+        self._forked = False  # a worker was started in this turn of the loop
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> bool:
         """One more async map on ``loop``; True for the first (the loop is new)."""
@@ -70,6 +76,7 @@ class Attachment:
         self._watch = None
         self._timer = self._timer_at = None
         self._users = 0
+        self._spawn_due = self._forked = False  # their callbacks die with the loop
         self.loop = None
 
     def loop_closed(self) -> bool:
@@ -90,6 +97,33 @@ class Attachment:
             backend = self._engine.backend
             self._watch.update(backend.waitables(), backend.writables())
             self._schedule_timer()
+
+    def may_fork(self) -> bool:
+        """Whether the engine may start a worker now: always, unless a loop is
+        served and this turn of it started one already."""
+        return self.loop is None or not self._forked
+
+    def forked(self) -> None:
+        """The engine started a worker: the next one waits for the next turn."""
+        if self.loop is not None and not self._forked:
+            self._forked = True
+            self.loop.call_soon(self._turn_over)
+
+    def _turn_over(self) -> None:
+        self._forked = False
+
+    def spawn_later(self) -> None:
+        """Give the engine a later turn of the loop to start its next worker."""
+        if self.loop is not None and not self._spawn_due:
+            self._spawn_due = True
+            # Later than the next turn: the tasks that the last fork kept
+            # waiting run first.
+            self.loop.call_later(SPAWN_GAP, self._on_spawn_turn)
+
+    def _on_spawn_turn(self) -> None:
+        self._spawn_due = False
+        if self.loop is not None:
+            self._guarded(lambda now: None)  # ``execute`` starts the worker
 
     def discard(self, waitables: list[Waitable]) -> None:
         """Stop watching ``waitables`` (about to be closed)."""

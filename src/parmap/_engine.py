@@ -94,6 +94,9 @@ class Engine:
         self.discarded: set[Waitable] = set()
         self.closed = False
         self._close_done = False  # every worker stopped (``closed`` is set first)
+        #: Workers to start on a later turn of the event loop served (see
+        #: ``execute``), with the chunks sent to them meanwhile.
+        self._unspawned: dict[int, list[Send]] = {}
         # Who drives the pool: blocking maps (counted) or one event loop.
         self._mode = threading.Lock()
         self._sync_maps = 0
@@ -103,34 +106,68 @@ class Engine:
 
     # -------------------------------------------------------------- commands
     def execute(self) -> None:
-        """Carry out what the scheduler asked for."""
+        """Carry out what the scheduler asked for.
+
+        Serving an event loop, the engine starts at most one worker per turn
+        of it: a fork takes milliseconds, and starting a whole pool in one
+        callback stalled the loop for their sum. The others start on later
+        turns (``Attachment.spawn_later``), or at once when the loop has let
+        go of the pool.
+        """
         sched, backend = self.sched, self.backend
         if self._gauge is not None:
             self._check_memory()
+        if self.closed:
+            self._unspawned.clear()
+        while self._unspawned and self.aio.may_fork():
+            wid, sends = next(iter(self._unspawned.items()))
+            del self._unspawned[wid]
+            self._start(wid)
+            for send in sends:
+                self._send(send)
         while commands := sched.take_commands():
             for cmd in commands:
                 if isinstance(cmd, Send):
-                    # Pickling happens here, not in the scheduler; how it went
-                    # (the chunk's weight, or which inputs do not pickle) is
-                    # an event, which may queue the next Send for this loop.
-                    payload, report = encode_chunk(backend.encode, cmd)
-                    if isinstance(report, Encoded):
-                        backend.send(cmd.wid, payload)
-                    sched.handle(report)
-                elif isinstance(cmd, Spawn):
-                    if self._gauge is not None:
-                        self._gauge.spawned(cmd.wid)
-                    try:
-                        backend.spawn(cmd.wid)
-                    except Exception as exc:
-                        sched.handle(SpawnFailed(cmd.wid, exc))
+                    if cmd.wid in self._unspawned:
+                        self._unspawned[cmd.wid].append(cmd)
                     else:
-                        sched.handle(Started(cmd.wid, time.monotonic()))
+                        self._send(cmd)
+                elif isinstance(cmd, Spawn):
+                    self._start(cmd.wid)
+                elif isinstance(cmd, Kill | Retire) and cmd.wid in self._unspawned:
+                    del self._unspawned[cmd.wid]  # never started: nothing to stop
                 elif isinstance(cmd, Kill):
                     backend.kill(cmd.wid)
                 elif isinstance(cmd, Retire):
                     backend.retire(cmd.wid)
+        if self._unspawned:
+            self.aio.spawn_later()
         self.aio.after_execute()
+
+    def _send(self, cmd: Send) -> None:
+        # Pickling happens here, not in the scheduler; how it went (the
+        # chunk's weight, or which inputs do not pickle) is an event, which
+        # may queue the next Send for ``execute``'s loop.
+        payload, report = encode_chunk(self.backend.encode, cmd)
+        if isinstance(report, Encoded):
+            self.backend.send(cmd.wid, payload)
+        self.sched.handle(report)
+
+    def _start(self, wid: int) -> None:
+        """Start worker ``wid`` now, or on a later turn of the loop served."""
+        if not self.aio.may_fork():
+            self._unspawned[wid] = []
+            return
+        self.aio.forked()
+        sched = self.sched
+        if self._gauge is not None:
+            self._gauge.spawned(wid)
+        try:
+            self.backend.spawn(wid)
+        except Exception as exc:
+            sched.handle(SpawnFailed(wid, exc))
+        else:
+            sched.handle(Started(wid, time.monotonic()))
 
     def _check_memory(self) -> None:
         # Called on every step of either driver, after the event that may
