@@ -829,23 +829,28 @@ os.register_at_fork(before=lambda: forks.append(turn))
 """
 
 
+def run_probed(main: str, loop: str) -> subprocess.CompletedProcess[str]:
+    """Run ``main`` (it defines ``async def main()``) on a fresh loop of kind
+    ``loop``, with ``TURNS_AND_FORKS`` and parmap imported."""
+    return run_script(
+        LOOP_FACTORY
+        + TURNS_AND_FORKS
+        + "import parmap\nfrom tests import jobs\n"
+        + main
+        + "with asyncio.Runner(loop_factory=new_loop) as runner:\n    runner.run(main())\n",
+        loop,
+    )
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_cold_pool_serving_a_loop_starts_one_worker_per_turn(loop: str) -> None:
     # Four forks in one callback stalled the loop for their sum (issue 10's lag).
-    out = run_script(
-        LOOP_FACTORY
-        + TURNS_AND_FORKS
-        + """
-import parmap
-from tests import jobs
-
+    out = run_probed(
+        """
 async def main():
     count_turns(asyncio.get_running_loop())
     res = await parmap.apmap(jobs.sleep_then_pid, [0.05] * 16, workers=4)
     print(len(forks), len(set(forks)), len(set(res.unwrap())), flush=True)
-
-with asyncio.Runner(loop_factory=new_loop) as runner:
-    runner.run(main())
 """,
         loop,
     )
@@ -856,12 +861,8 @@ with asyncio.Runner(loop_factory=new_loop) as runner:
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_cancelling_a_map_before_its_pool_has_started_leaves_no_process(loop: str) -> None:
-    out = run_script(
-        LOOP_FACTORY
-        + TURNS_AND_FORKS
-        + """
-import parmap
-from tests import jobs
+    out = run_probed(
+        """
 from tests.procs import running_children, wait_ended
 
 async def main():
@@ -878,9 +879,6 @@ async def main():
     await asyncio.sleep(0.2)  # a worker put off would start by now
     print(started < 4, len(forks) == started, flush=True)
     print(not wait_ended(running_children(), 10), flush=True)
-
-with asyncio.Runner(loop_factory=new_loop) as runner:
-    runner.run(main())
 """,
         loop,
     )
