@@ -610,7 +610,7 @@ def bench_stats_cost(ctx: Ctx) -> None:
             "parmap": (lambda: ppool.pmap(_tasks.square, xs), n),
             "parmap without stats": (without, n),
         }
-        # More rounds than the other x*x rows: the difference sought is small.
+        # A judged pair like the others (the difference sought is small).
         rates = square_rates(runs, PAIR_ROUNDS * s.rounds)
     ctx.raw["stats_cost"] = rates
     vs_off = ratios(rates["parmap"], rates["parmap without stats"])
