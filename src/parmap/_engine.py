@@ -120,8 +120,8 @@ class Engine:
         if self.closed:
             self._unspawned.clear()
         while self._unspawned and self.aio.may_fork():
-            wid, sends = next(iter(self._unspawned.items()))
-            del self._unspawned[wid]
+            wid = next(iter(self._unspawned))  # the longest put off
+            sends = self._unspawned.pop(wid)
             self._start(wid)
             for send in sends:
                 self._send(send)
